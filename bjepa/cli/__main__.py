@@ -1,0 +1,5 @@
+import sys
+
+from bjepa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiment drivers shared by the CLI and the ``examples/`` scripts."""

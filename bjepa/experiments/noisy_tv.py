@@ -1,0 +1,238 @@
+"""The Noisy TV experiment (SPEC §4.1): train each model on each (σ, seed), probe the frozen
+representation for the signal and for the distractor, and summarise.
+
+Used by ``bjepa noisy-tv`` and ``examples/noisy_tv.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bjepa._validation import check_choice, check_nonnegative, check_positive_int
+from bjepa.data import noisy_tv
+from bjepa.inference import fit
+from bjepa.inference.fit import set_seed
+from bjepa.metrics import linear_probe_r2
+from bjepa.runs import RunFolder
+
+__all__ = ["MODEL_NAMES", "PAPER_SIGMA8", "NoisyTVConfig", "build_model", "run", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+#: The paper's single-seed test signal R² at σ = 8 (SPEC §4.1), drawn as reference markers.
+PAPER_SIGMA8 = {"vae": 0.499, "ar": 0.578, "jepa": 0.930, "vjepa": 0.870, "bjepa": 0.841}
+MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
+
+
+@dataclass
+class NoisyTVConfig:
+    """Everything that defines a Noisy TV run (dumped as ``config.json``)."""
+
+    models: list[str] = field(default_factory=lambda: ["vjepa", "jepa", "vae", "ar"])
+    sigmas: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    steps: int = 6000
+    lr: float = 1e-3
+    batch_size: int | None = None
+    beta: float = 0.01
+    tau: float | str = 0.99
+    encoder: str = "linear"
+    latent_dim: int = 4
+    train_steps: int = 6000
+    test_steps: int = 2000
+    device: str = "cpu"
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> NoisyTVConfig:
+        """A small configuration that finishes in about a minute on 2 CPU cores."""
+        base = dict(sigmas=[0.0, 4.0, 8.0], seeds=[0, 1], steps=800, train_steps=2000,
+                    test_steps=1000)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def validate(self) -> NoisyTVConfig:
+        if not self.models:
+            raise ValueError("models must name at least one model")
+        for m in self.models:
+            check_choice("model", m, available_models())
+        for s in self.sigmas:
+            check_nonnegative("sigma", s)
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        check_positive_int("steps", self.steps)
+        check_nonnegative("beta", self.beta)
+        return self
+
+
+def available_models() -> list[str]:
+    try:
+        from bjepa.models import BJEPA  # noqa: F401
+    except ImportError:
+        return [m for m in MODEL_NAMES if m != "bjepa"]
+    return MODEL_NAMES
+
+
+def build_model(name: str, obs_dim: int, cfg: NoisyTVConfig) -> torch.nn.Module:
+    """Construct model ``name`` with the run's shared settings."""
+    from bjepa import models
+
+    common = dict(encoder=cfg.encoder)
+    if name == "vjepa":
+        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+    if name == "bjepa":
+        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+    if name == "jepa":
+        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, **common)
+    if name == "vae":
+        return models.VAE(obs_dim, cfg.latent_dim, **common)
+    if name == "ar":
+        return models.AutoRegressive(obs_dim, cfg.latent_dim, **common)
+    raise ValueError(f"unknown model {name!r}; choose from {available_models()}")
+
+
+def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[str, float]:
+    """Linear-probe R² of the frozen representation for the signal and the distractor.
+
+    A representation of ``x_t`` is probed against ``s_{t+k}`` with ``k = model.probe_offset``
+    (0 for the VAE, 1 for the predictive models).
+    """
+    k = model.probe_offset
+    ztr, zte = model.encode(train.obs), model.encode(test.obs)
+    n_tr, n_te = len(train) - k, len(test) - k
+    return {
+        "signal_r2": linear_probe_r2(ztr[:n_tr], train.signal[k:], zte[:n_te], test.signal[k:]),
+        "noise_r2": linear_probe_r2(ztr[:n_tr], train.distractor[k:], zte[:n_te],
+                                    test.distractor[k:]),
+    }
+
+
+def run(cfg: NoisyTVConfig, folder: RunFolder | None = None) -> list[dict[str, Any]]:
+    """Train and probe every model × σ × seed; returns one row per run."""
+    cfg.validate()
+    if folder is not None:
+        folder.write_json("config.json", asdict(cfg))
+    rows = []
+    total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
+    bar = _progress_bar(total, cfg.progress)
+    for sigma in cfg.sigmas:
+        for seed in cfg.seeds:
+            train, test = noisy_tv.make_split(sigma, seed, train_steps=cfg.train_steps,
+                                              test_steps=cfg.test_steps)
+            train, test = train.to(cfg.device), test.to(cfg.device)
+            for name in cfg.models:
+                set_seed(seed)
+                model = build_model(name, train.obs.shape[1], cfg)
+                start = time.perf_counter()
+                hist = fit(model, train.obs[:-1], train.obs[1:], steps=cfg.steps, lr=cfg.lr,
+                           batch_size=cfg.batch_size, seed=seed, device=cfg.device,
+                           progress=False, log_every=max(cfg.steps // 100, 1),
+                           metrics_path=folder.metrics_path if folder else None,
+                           metrics_tags={"model": name, "sigma": sigma, "seed": seed})
+                seconds = time.perf_counter() - start
+                row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
+                       "final_loss": hist.final_loss, "train_seconds": round(seconds, 3)}
+                rows.append(row)
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} σ={sigma:g} seed={seed} "
+                                        f"signal R²={row['signal_r2']:.3f}")
+                    bar.update(1)
+                logger.info("[%d/%d] %s σ=%g seed=%d signal R²=%.3f noise R²=%.3f (%.1fs)",
+                            len(rows), total, name, sigma, seed, row["signal_r2"],
+                            row["noise_r2"], seconds)
+    if bar is not None:
+        bar.close()
+    if folder is not None:
+        folder.write_rows("results", rows)
+        plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
+    return rows
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Noisy TV runs", unit="run", dynamic_ncols=True)
+
+
+def _nanmean(values: Any) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sd, min of the signal and distractor R² per model and σ."""
+    out = []
+    keys = sorted({(r["model"], r["sigma"]) for r in rows},
+                  key=lambda k: (MODEL_NAMES.index(k[0]) if k[0] in MODEL_NAMES else 99, k[1]))
+    for model, sigma in keys:
+        sel = [r for r in rows if r["model"] == model and r["sigma"] == sigma]
+        sig = np.array([r["signal_r2"] for r in sel], dtype=float)
+        noi = np.array([r["noise_r2"] for r in sel], dtype=float)
+        out.append({
+            "model": model, "sigma": sigma, "n": len(sel),
+            "signal_mean": float(sig.mean()), "signal_sd": float(sig.std(ddof=1))
+            if len(sel) > 1 else 0.0, "signal_min": float(sig.min()),
+            "noise_mean": _nanmean(noi),
+        })
+    return out
+
+
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`summarise`'s rows."""
+    lines = [f"{'model':<7} {'sigma':>5} {'n':>3}  {'signal R2 (mean ± sd)':>22} "
+             f"{'min':>7}  {'distractor R2':>13}"]
+    for s in summary:
+        lines.append(f"{s['model']:<7} {s['sigma']:>5g} {s['n']:>3}  "
+                     f"{s['signal_mean']:>13.3f} ± {s['signal_sd']:<6.3f} {s['signal_min']:>7.3f}"
+                     f"  {s['noise_mean']:>13.3f}")
+    return "\n".join(lines)
+
+
+def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: Any) -> None:
+    """Signal and distractor probe R² against σ: mean ± sd over seeds per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    colors = {"vjepa": "C0", "bjepa": "C1", "jepa": "C2", "vae": "C3", "ar": "C4"}
+    for model in dict.fromkeys(s["model"] for s in summary):
+        sel = [s for s in summary if s["model"] == model]
+        x = [s["sigma"] for s in sel]
+        c = colors.get(model)
+        m = np.array([s["signal_mean"] for s in sel])
+        sd = np.array([s["signal_sd"] for s in sel])
+        axes[0].plot(x, m, "o-", color=c, label=model.upper())
+        axes[0].fill_between(x, m - sd, m + sd, color=c, alpha=0.2)
+        nm = [r for r in rows if r["model"] == model]
+        xs = sorted({r["sigma"] for r in nm})
+        noise = [_nanmean([r["noise_r2"] for r in nm if r["sigma"] == s]) for s in xs]
+        axes[1].plot(xs, noise, "o-", color=c, label=model.upper())
+        if model in PAPER_SIGMA8:
+            axes[0].scatter([8.0], [PAPER_SIGMA8[model]], marker="*", s=140, color=c,
+                            edgecolor="k", zorder=5)
+    axes[0].scatter([], [], marker="*", s=140, color="w", edgecolor="k",
+                    label="paper, σ=8 (1 seed)")
+    n_seeds = len({r["seed"] for r in rows})
+    axes[0].set(title=f"Signal probe R² (mean ± sd over {n_seeds} seeds)",
+                xlabel="distractor strength σ", ylabel="test R² to s_{t+k}  (higher = better)")
+    axes[1].set(title="Distractor probe R² (lower = better filtering)",
+                xlabel="distractor strength σ", ylabel="test R² to σ·d_{t+k}")
+    axes[0].set_ylim(min(-0.1, axes[0].get_ylim()[0]), 1.05)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Noisy TV: linear probes of frozen representations")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,191 @@
+"""Shared machinery of every world model: Pyro scoping, data checks, the EMA target, and the
+data-dependent canonical-correlation initialisation of the encoder's last linear layer."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pyro.nn
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from bjepa._validation import check_choice, check_tensor
+from bjepa.inference.ema import EMATarget, TauSchedule, make_tau_schedule
+
+__all__ = ["WorldModel", "canonical_directions", "last_linear"]
+
+_instance_ids = itertools.count()
+
+
+def to_pyro(module: nn.Module) -> nn.Module:
+    """Convert a plain network (recursively) so Pyro tracks its parameters."""
+    pyro.nn.module.to_pyro_module_(module)
+    return module
+
+
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The final ``nn.Linear`` of a network (the layer that maps features to latents)."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the encoder has no nn.Linear layer to initialise")
+    return linears[-1]
+
+
+def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Inputs of the final linear layer (``x`` itself for a linear encoder)."""
+    last = last_linear(module)
+    captured: list[torch.Tensor] = []
+    handle = last.register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        handle.remove()
+    return captured[0].reshape(x.shape[0], -1)
+
+
+def canonical_directions(a: torch.Tensor, b: torch.Tensor, k: int,
+                         ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` leading canonical directions of ``a`` (paired rows with ``b``).
+
+    Returns ``(W, rho)``: ``W`` of shape ``(k, a.shape[1])`` with ``a @ W.T`` white and
+    maximally correlated with ``b``, and the canonical correlations ``rho`` (descending).
+    In a linear-Gaussian world these directions span the optimal predictive bottleneck
+    (Creutzig, Globerson & Tishby 2009).
+    """
+    a = a.double() - a.double().mean(0)
+    b = b.double() - b.double().mean(0)
+    n = a.shape[0]
+
+    def inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
+        evals, evecs = torch.linalg.eigh(cov)
+        floor = ridge * evals.max().clamp_min(1e-30)
+        return evecs @ torch.diag(evals.clamp_min(floor).rsqrt()) @ evecs.T
+
+    wa, wb = inv_sqrt(a.T @ a / n), inv_sqrt(b.T @ b / n)
+    u, s, _ = torch.linalg.svd(wa @ (a.T @ b / n) @ wb)
+    return (u[:, :k].T @ wa).float(), s[:k].float()
+
+
+class WorldModel(PyroModule):
+    """Base class: a Pyro model/guide pair over ``(context, target)`` pairs.
+
+    Subclasses implement ``model`` and ``guide`` with identical signatures
+    ``(context, target, batch_size=None)`` and ``encode``. ``probe_offset`` says which true
+    state a representation of ``x_t`` is probed against (0: ``s_t``, 1: ``s_{t+1}``).
+    """
+
+    probe_offset: int = 1
+    needs_target: bool = True
+    #: set by :func:`bjepa.inference.fit` during warm-up: the encoder gets no gradient.
+    freeze_encoder: bool = False
+
+    def __init__(self, obs_dim: int, latent_dim: int) -> None:
+        super().__init__(name=f"{type(self).__name__.lower()}{next(_instance_ids)}")
+        self.obs_dim = obs_dim
+        self.latent_dim = latent_dim
+        self._ema: EMATarget | None = None
+        self.tau_schedule: TauSchedule | None = None
+
+    # -- data -------------------------------------------------------------------------------
+    def check_inputs(self, context: torch.Tensor, target: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate a ``(context, target)`` pair against this model; raise naming the argument."""
+        check_tensor("context", context, ndim=2, last_dim=self.obs_dim)
+        if target is None:
+            if self.needs_target:
+                raise ValueError(f"{type(self).__name__} needs a target (the next frames)")
+            return context, None
+        check_tensor("target", target, ndim=2, last_dim=self.obs_dim)
+        if target.shape[0] != context.shape[0]:
+            raise ValueError(
+                f"context and target must have the same number of rows, got "
+                f"{context.shape[0]} and {target.shape[0]}"
+            )
+        if target.device != context.device:
+            raise ValueError("context and target must be on the same device")
+        return context, target
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- EMA target -------------------------------------------------------------------------
+    def _init_ema(self, source: nn.Module, tau: float | str | TauSchedule) -> None:
+        self.tau_schedule = make_tau_schedule(tau)
+        self._ema = EMATarget(source)
+
+    @property
+    def target_encoder(self) -> nn.Module | None:
+        """The EMA copy of the context encoder (no gradients), or ``None``."""
+        return None if self._ema is None else self._ema.module
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """Called by :func:`bjepa.inference.fit` after every optimiser step (EMA update)."""
+        if self._ema is None or self.tau_schedule is None:
+            return {}
+        tau = float(self.tau_schedule(step, total_steps))
+        self._ema.update(self.context_encoder, tau)
+        return {"tau": tau}
+
+    def _apply(self, fn: Any, recurse: bool = True):  # moves the EMA copy with .to()/.double()
+        super()._apply(fn, recurse)
+        if self._ema is not None:
+            self._ema.module._apply(fn, recurse)
+        return self
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {} if self._ema is None else dict(self._ema.module.state_dict())
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self._ema is not None and state:
+            self._ema.module.load_state_dict(state)
+
+    # -- initialisation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_data(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Point the context encoder's last linear layer at the leading canonical directions
+        between features of ``context`` and ``target`` (and copy it to the EMA target).
+
+        Returns the canonical correlations found.
+        """
+        encoder = self.context_encoder
+        a, b = _features(encoder, context), _features(encoder, target)
+        weight, rho = canonical_directions(a, b, self.latent_dim)
+        layer = last_linear(encoder)
+        layer.weight.copy_(weight.to(layer.weight))
+        if layer.bias is not None:
+            layer.bias.copy_(-(a.mean(0) @ weight.T.to(a)).to(layer.bias))
+        if self._ema is not None:
+            self._ema.update(encoder, 0.0)
+        head = getattr(self, "predictor", None)
+        if hasattr(head, "init_from_data"):
+            head.init_from_data(encoder(context), self._ema(target) if self._ema else
+                                encoder(target))
+        return rho
+
+    # -- public API -------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation used by probes, ``(N, latent_dim)``, without gradients."""
+        check_tensor("x", x, ndim=2, last_dim=self.obs_dim)
+        with torch.no_grad():
+            return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.context_encoder(x)
+
+    def context_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """``f_θ(x)`` for training: detached while the encoder is frozen (warm-up)."""
+        z = self.context_encoder(x)
+        return z.detach() if self.freeze_encoder else z
+
+    def named_pyro_params(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters trained by SVI (the EMA target is not among them)."""
+        return self.named_parameters()
+
+
+def validated_init(init: str) -> str:
+    return check_choice("init", init, ["random", "cca"])

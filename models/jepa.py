@@ -1,0 +1,84 @@
+"""JEPA baseline: deterministic predictor in latent space with a VICReg regulariser.
+
+Objective (minimised), on a batch of context/target pairs::
+
+    25 · ‖g(f_θ(x_C)) − f_θ'(x_T)‖²         (invariance; f_θ' is the EMA target)
+  + 25 · mean_d relu(1 − std(z_C)_d)        (variance hinge, keeps dimensions alive)
+  +  1 · Σ_{i≠j} cov(z_C)_{ij}² / D         (decorrelation)
+
+It enters Pyro as ``pyro.factor("vicreg", −N · loss)`` with an empty guide, so it trains through
+the same SVI loop as the probabilistic models.
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from bjepa._validation import check_nonnegative, check_positive_int
+from bjepa.inference.ema import TauSchedule
+from bjepa.models.base import WorldModel, to_pyro, validated_init
+from bjepa.models.encoders import make_encoder
+
+__all__ = ["JEPA", "vicreg_loss"]
+
+
+def vicreg_loss(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor, *,
+                sim: float = 25.0, var: float = 25.0, cov: float = 1.0) -> torch.Tensor:
+    """The VICReg-regularised JEPA loss above (a scalar)."""
+    invariance = (pred - target).pow(2).sum(-1).mean()
+    zc = z - z.mean(0)
+    std = torch.sqrt(zc.var(0) + 1e-4)
+    variance = torch.relu(1.0 - std).mean()
+    c = zc.T @ zc / max(z.shape[0] - 1, 1)
+    off = c - torch.diag(torch.diagonal(c))
+    covariance = off.pow(2).sum() / z.shape[1]
+    return sim * invariance + var * variance + cov * covariance
+
+
+class JEPA(WorldModel):
+    """Deterministic JEPA with an EMA target encoder and VICReg weights 25/25/1."""
+
+    def __init__(self, obs_dim: int, latent_dim: int = 4, *, encoder: str = "linear",
+                 hidden_dim: int = 64, tau: float | str | TauSchedule = 0.99,
+                 init: str = "random", sim_weight: float = 25.0, var_weight: float = 25.0,
+                 cov_weight: float = 1.0) -> None:
+        check_positive_int("obs_dim", obs_dim)
+        check_positive_int("latent_dim", latent_dim)
+        super().__init__(obs_dim, latent_dim)
+        self.init = validated_init(init)
+        self.weights = {
+            "sim": check_nonnegative("sim_weight", sim_weight),
+            "var": check_nonnegative("var_weight", var_weight),
+            "cov": check_nonnegative("cov_weight", cov_weight),
+        }
+        net = "linear" if encoder == "linear" else "mlp"
+        encoder_net = make_encoder(encoder, obs_dim, latent_dim, hidden_dim=hidden_dim)
+        self._init_ema(encoder_net, tau)
+        self.context_encoder = to_pyro(encoder_net)
+        self.predictor = to_pyro(make_encoder(net, latent_dim, latent_dim,
+                                              hidden_dim=hidden_dim, bias=True))
+
+    def loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean VICReg loss on a batch."""
+        z = self.context_latent(context)
+        return vicreg_loss(self.predictor(z), self._ema(target), z, **self.weights)
+
+    def model(self, context: torch.Tensor, target: torch.Tensor,
+              batch_size: int | None = None) -> None:
+        n = context.shape[0]
+        idx = pyro.plate("data", n, subsample_size=batch_size, device=context.device)
+        with idx as rows:
+            pass
+        pyro.factor("vicreg", -n * self.loss(context[rows], target[rows]))
+
+    def guide(self, context: torch.Tensor, target: torch.Tensor,
+              batch_size: int | None = None) -> None:
+        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+                        device=context.device):
+            pass
+
+    def predict_mean(self, context: torch.Tensor) -> torch.Tensor:
+        """The deterministic prediction of the next latent."""
+        with torch.no_grad():
+            return self.predictor(self.context_encoder(context))

@@ -1,0 +1,57 @@
+"""Smoke tests: the CLI writes every promised file; every example runs with its quick flags."""
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bjepa.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = {
+    # script name -> quickest arguments
+    "noisy_tv.py": ["--quick", "--models", "vjepa,vae", "--sigmas", "4", "--seeds", "0",
+                    "--num-steps", "30"],
+}
+
+
+def test_noisy_tv_cli_writes_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["noisy-tv", "--quick", "--models", "vjepa,jepa,vae,ar", "--sigmas", "0,8",
+               "--seeds", "0-1", "--steps", "20", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    for name in ["config.json", "metrics.jsonl", "results.csv", "results.json",
+                 "r2_vs_sigma.png"]:
+        assert (out / name).stat().st_size > 0, name
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 4 * 2 * 2
+    assert {"model", "sigma", "seed", "signal_r2", "noise_r2", "train_seconds"} <= set(rows[0])
+    assert "signal R2" in capsys.readouterr().out
+    # a second run into the same folder is refused, not interleaved
+    assert main(["noisy-tv", "--quick", "--steps", "2", "--out", str(out)]) == 2
+
+
+def test_cli_rejects_bad_values(tmp_path, capsys):
+    assert main(["noisy-tv", "--models", "gpt", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["noisy-tv", "--beta", "-1", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "bjepa.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "noisy-tv" in out
+
+
+def test_every_example_is_listed():
+    scripts = {p.name for p in (ROOT / "examples").glob("*.py")}
+    assert scripts == set(EXAMPLES), "add new examples to EXAMPLES with their quickest flags"
+
+
+@pytest.mark.parametrize("script", sorted(EXAMPLES))
+def test_example_runs(script, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [script, *EXAMPLES[script]])
+    runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
