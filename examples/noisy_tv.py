@@ -19,6 +19,10 @@ from bjepa.experiments.noisy_tv import NoisyTVConfig, build_model, format_table,
 from bjepa.inference import fit
 from bjepa.inference.fit import set_seed
 
+#: the quickest flags, used by tests/test_cli_examples.py
+QUICK_ARGS = ["--quick", "--models", "vjepa,vae", "--sigmas", "4", "--seeds", "0",
+              "--num-steps", "30"]
+
 
 def main(args: argparse.Namespace) -> list[dict]:
     cfg = NoisyTVConfig.quick() if args.quick else NoisyTVConfig()

@@ -13,7 +13,13 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from bjepa._validation import check_choice, check_tensor
-from bjepa.inference.ema import EMATarget, TauSchedule, make_tau_schedule
+from bjepa.inference.ema import (
+    EMATarget,
+    TauSchedule,
+    constant_tau,
+    cosine_tau,
+    make_tau_schedule,
+)
 
 __all__ = ["WorldModel", "canonical_directions", "last_linear"]
 
@@ -88,6 +94,8 @@ class WorldModel(PyroModule):
         self.obs_dim = obs_dim
         self.latent_dim = latent_dim
         self._ema: EMATarget | None = None
+        #: constructor arguments, enough to rebuild the model from a checkpoint
+        self.hparams: dict[str, Any] = {}
         self.tau_schedule: TauSchedule | None = None
 
     # -- data -------------------------------------------------------------------------------
@@ -185,6 +193,17 @@ class WorldModel(PyroModule):
     def named_pyro_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters trained by SVI (the EMA target is not among them)."""
         return self.named_parameters()
+
+
+def tau_spec(tau: Any) -> float | str:
+    """A JSON/checkpoint-friendly description of a τ setting."""
+    if isinstance(tau, int | float | str):
+        return tau
+    if isinstance(tau, cosine_tau):
+        return f"cosine:{tau.start}:{tau.end}"
+    if isinstance(tau, constant_tau):
+        return tau.tau
+    return "custom"  # a user callable: load_model asks for it again
 
 
 def validated_init(init: str) -> str:

@@ -13,15 +13,28 @@ from torch import nn
 
 from bjepa._validation import check_choice, check_positive_int
 
-__all__ = ["ENCODERS", "make_encoder", "make_mlp", "register_encoder"]
+__all__ = ["DECODERS", "ENCODERS", "HEAD_NETS", "make_encoder", "make_mlp", "register_encoder"]
 
 EncoderFactory = Callable[..., nn.Module]
 ENCODERS: dict[str, EncoderFactory] = {}
+#: for each encoder family, the network family used for maps *out of* the latent space
+#: (decoders of the generative baselines) and for small heads on raw observations
+DECODERS: dict[str, str] = {}
+HEAD_NETS: dict[str, str] = {}
 
 
-def register_encoder(name: str, factory: EncoderFactory) -> None:
-    """Register ``factory(in_dim, out_dim, *, hidden_dim, bias) -> nn.Module`` under ``name``."""
+def register_encoder(name: str, factory: EncoderFactory, *, decoder: str | None = None,
+                     head_net: str | None = None) -> None:
+    """Register ``factory(in_dim, out_dim, *, hidden_dim, bias) -> nn.Module`` under ``name``.
+
+    :param decoder: family used by VAE/AR decoders paired with this encoder (default: the
+        same family).
+    :param head_net: family used for latent-to-latent heads (predictors); default ``"mlp"``
+        for anything but ``"linear"``.
+    """
     ENCODERS[name] = factory
+    DECODERS[name] = decoder or name
+    HEAD_NETS[name] = head_net or ("linear" if name == "linear" else "mlp")
 
 
 def make_mlp(in_dim: int, out_dim: int, hidden_dim: int = 64, depth: int = 2,

@@ -17,8 +17,8 @@ import torch
 
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import WorldModel, to_pyro, validated_init
-from bjepa.models.encoders import make_encoder
+from bjepa.models.base import WorldModel, tau_spec, to_pyro, validated_init
+from bjepa.models.encoders import HEAD_NETS, make_encoder
 
 __all__ = ["JEPA", "vicreg_loss"]
 
@@ -46,17 +46,19 @@ class JEPA(WorldModel):
         check_positive_int("obs_dim", obs_dim)
         check_positive_int("latent_dim", latent_dim)
         super().__init__(obs_dim, latent_dim)
+        self.hparams = dict(obs_dim=obs_dim, latent_dim=latent_dim, encoder=encoder,
+                            hidden_dim=hidden_dim, tau=tau_spec(tau), init=init,
+                            sim_weight=sim_weight, var_weight=var_weight, cov_weight=cov_weight)
         self.init = validated_init(init)
         self.weights = {
             "sim": check_nonnegative("sim_weight", sim_weight),
             "var": check_nonnegative("var_weight", var_weight),
             "cov": check_nonnegative("cov_weight", cov_weight),
         }
-        net = "linear" if encoder == "linear" else "mlp"
         encoder_net = make_encoder(encoder, obs_dim, latent_dim, hidden_dim=hidden_dim)
         self._init_ema(encoder_net, tau)
         self.context_encoder = to_pyro(encoder_net)
-        self.predictor = to_pyro(make_encoder(net, latent_dim, latent_dim,
+        self.predictor = to_pyro(make_encoder(HEAD_NETS[encoder], latent_dim, latent_dim,
                                               hidden_dim=hidden_dim, bias=True))
 
     def loss(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch.distributions import Distribution, constraints
 
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.models.base import WorldModel, to_pyro
-from bjepa.models.encoders import make_encoder
+from bjepa.models.encoders import DECODERS, make_encoder
 from bjepa.models.heads import positive_scale
 
 __all__ = ["VAE", "AutoRegressive"]
@@ -46,14 +46,15 @@ class VAE(WorldModel):
         check_positive_int("obs_dim", obs_dim)
         check_positive_int("latent_dim", latent_dim)
         super().__init__(obs_dim, latent_dim)
+        self.hparams = dict(obs_dim=obs_dim, latent_dim=latent_dim, encoder=encoder,
+                            hidden_dim=hidden_dim, beta=beta)
         self.beta = check_nonnegative("beta", beta)
-        net = "linear" if encoder == "linear" else "mlp"
         self.context_encoder = to_pyro(make_encoder(encoder, obs_dim, latent_dim,
                                                     hidden_dim=hidden_dim))
-        self.scale_net = to_pyro(make_encoder(net, obs_dim, latent_dim, hidden_dim=hidden_dim,
-                                              bias=True))
-        self.decoder = to_pyro(make_encoder(net, latent_dim, obs_dim, hidden_dim=hidden_dim,
-                                            bias=True))
+        self.scale_net = to_pyro(make_encoder(encoder, obs_dim, latent_dim,
+                                              hidden_dim=hidden_dim, bias=True))
+        self.decoder = to_pyro(make_encoder(DECODERS[encoder], latent_dim, obs_dim,
+                                            hidden_dim=hidden_dim, bias=True))
         self.obs_scale = PyroParam(torch.ones(obs_dim), constraint=constraints.positive)
 
     def posterior_dist(self, x: torch.Tensor) -> Distribution:

@@ -34,8 +34,8 @@ from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive_int, check_tensor
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import WorldModel, to_pyro, validated_init
-from bjepa.models.encoders import make_encoder
+from bjepa.models.base import WorldModel, tau_spec, to_pyro, validated_init
+from bjepa.models.encoders import HEAD_NETS, make_encoder
 from bjepa.models.heads import make_head, positive_scale
 
 __all__ = ["VJEPA"]
@@ -72,20 +72,22 @@ class VJEPA(WorldModel):
         check_positive_int("obs_dim", obs_dim)
         check_positive_int("latent_dim", latent_dim)
         super().__init__(obs_dim, latent_dim)
+        self.hparams = dict(obs_dim=obs_dim, latent_dim=latent_dim, encoder=encoder, head=head,
+                            hidden_dim=hidden_dim, beta=beta, tau=tau_spec(tau), init=init,
+                            target_scale_init=target_scale_init)
         self.beta = check_nonnegative("beta", beta)
         self.init = validated_init(init)
         self.encoder_kind = encoder
-        net = "linear" if encoder == "linear" else "mlp"
         encoder_net = make_encoder(encoder, obs_dim, latent_dim, hidden_dim=hidden_dim)
         self._init_ema(encoder_net, tau)
         self.context_encoder = to_pyro(encoder_net)
         self.target_scale_net = to_pyro(
-            make_encoder(net, obs_dim, latent_dim, hidden_dim=hidden_dim, bias=True))
+            make_encoder(encoder, obs_dim, latent_dim, hidden_dim=hidden_dim, bias=True))
         last = list(self.target_scale_net.parameters())
         with torch.no_grad():
             last[-2].mul_(0.0)  # start homoscedastic ...
             last[-1].fill_(math.log(math.expm1(target_scale_init)))  # ... at target_scale_init
-        self.predictor = to_pyro(make_head(head, latent_dim, latent_dim, net=net,
+        self.predictor = to_pyro(make_head(head, latent_dim, latent_dim, net=HEAD_NETS[encoder],
                                            hidden_dim=hidden_dim))
 
     # -- distributions ----------------------------------------------------------------------

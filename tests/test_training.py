@@ -96,3 +96,36 @@ def test_separate_models_do_not_share_parameters(small_split):
     wb = b.context_encoder.weight.detach().clone()
     fit(a, tr.obs[:-1], tr.obs[1:], steps=20, progress=False)
     torch.testing.assert_close(b.context_encoder.weight.detach(), wb)
+
+
+@pytest.mark.parametrize("cls", [VJEPA, JEPA, VAE, AutoRegressive])
+def test_checkpoint_round_trip(cls, small_split, tmp_path):
+    from bjepa.inference.checkpoint import load_model, save_checkpoint
+
+    tr, _ = small_split
+    m = cls(20, 4)
+    fit(m, tr.obs[:-1], tr.obs[1:], steps=20, progress=False)
+    path = save_checkpoint(tmp_path / "c.pt", m, meta={"note": "x"})
+    m2 = load_model(path)
+    assert type(m2) is cls
+    torch.testing.assert_close(m2.encode(tr.obs), m.encode(tr.obs), rtol=0, atol=0)
+    if m.target_encoder is not None:
+        for a, b in zip(m.target_encoder.parameters(), m2.target_encoder.parameters(),
+                        strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_malicious_checkpoint_refused(tmp_path):
+    import pickle
+
+    from bjepa.inference.checkpoint import CheckpointError, load_checkpoint
+
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("open('pwned', 'w').write('x')",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="not a safe"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()

@@ -18,6 +18,7 @@ import torch
 from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.inference import fit
+from bjepa.inference.checkpoint import save_checkpoint
 from bjepa.inference.fit import set_seed
 from bjepa.metrics import linear_probe_r2
 from bjepa.runs import RunFolder
@@ -137,6 +138,11 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None) -> list[dict[str, A
                            metrics_path=folder.metrics_path if folder else None,
                            metrics_tags={"model": name, "sigma": sigma, "seed": seed})
                 seconds = time.perf_counter() - start
+                if folder is not None:
+                    save_checkpoint(folder.file(f"checkpoints/{name}-sigma{sigma:g}-seed{seed}.pt"),
+                                    model, meta={"model": name, "sigma": sigma, "seed": seed,
+                                                 "data": "noisy_tv", "train_steps": cfg.train_steps,
+                                                 "test_steps": cfg.test_steps})
                 row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
                        "final_loss": hist.final_loss, "train_seconds": round(seconds, 3)}
                 rows.append(row)
