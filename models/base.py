@@ -169,11 +169,15 @@ class WorldModel(PyroModule):
             layer.bias.copy_(-(a.mean(0) @ weight.T.to(a)).to(layer.bias))
         if self._ema is not None:
             self._ema.update(encoder, 0.0)
-        head = getattr(self, "predictor", None)
-        if hasattr(head, "init_from_data"):
-            head.init_from_data(encoder(context), self._ema(target) if self._ema else
-                                encoder(target))
+        self._init_head(encoder(context), self._ema(target) if self._ema else encoder(target))
         return rho
+
+    def _init_head(self, z_context: torch.Tensor, z_target: torch.Tensor) -> None:
+        """Give the predictor head its closed-form start, if it has one."""
+        head = getattr(self, "predictor", None)
+        values = head.init_values(z_context, z_target) if hasattr(head, "init_values") else None
+        for name, value in (values or {}).items():
+            head.get_parameter(name).copy_(value)
 
     # -- public API -------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:

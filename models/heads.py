@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
+from torch.distributions import Distribution
 
 from bjepa._validation import check_choice
 from bjepa.models.encoders import make_encoder
@@ -59,20 +60,20 @@ class DiagonalGaussianHead(nn.Module):
 
     def forward(self, z: torch.Tensor) -> Distribution:
         loc, raw = self.net(z).split(self.latent_dim, dim=-1)
-        return Independent(Normal(loc, positive_scale(raw)), 1)
+        return dist.Normal(loc, positive_scale(raw)).to_event(1)
 
     @torch.no_grad()
-    def init_from_data(self, z_context: torch.Tensor, z_target: torch.Tensor) -> bool:
-        """Closed-form start for a linear head: least-squares mean, residual scale."""
+    def init_values(self, z_context: torch.Tensor, z_target: torch.Tensor
+                    ) -> dict[str, torch.Tensor] | None:
+        """Closed-form start for a linear head: least-squares mean, residual scale.
+
+        Returns ``{parameter name: value}`` (``None`` for non-linear nets)."""
         if not isinstance(self.net, nn.Linear):
-            return False
+            return None
         coef, resid = _least_squares(z_context, z_target)
-        d = self.latent_dim
-        self.net.weight[:d].copy_(coef[:-1].T)
-        self.net.bias[:d].copy_(coef[-1])
-        self.net.weight[d:].zero_()
-        self.net.bias[d:].copy_(inverse_positive_scale(resid.std(0)))
-        return True
+        scale_bias = inverse_positive_scale(resid.std(0))
+        return {"net.weight": torch.cat([coef[:-1].T, torch.zeros_like(coef[:-1].T)]),
+                "net.bias": torch.cat([coef[-1], scale_bias])}
 
 
 class FullCovGaussianHead(nn.Module):
@@ -98,23 +99,22 @@ class FullCovGaussianHead(nn.Module):
         L[..., self._rows, self._cols] = tril
         diag = positive_scale(torch.diagonal(L, dim1=-2, dim2=-1))
         L = torch.tril(L, diagonal=-1) + torch.diag_embed(diag)
-        return MultivariateNormal(loc, scale_tril=L)
+        return dist.MultivariateNormal(loc, scale_tril=L)
 
     @torch.no_grad()
-    def init_from_data(self, z_context: torch.Tensor, z_target: torch.Tensor) -> bool:
+    def init_values(self, z_context: torch.Tensor, z_target: torch.Tensor
+                    ) -> dict[str, torch.Tensor] | None:
         """Closed-form start for a linear head: least-squares mean, residual Cholesky factor."""
         if not isinstance(self.net, nn.Linear):
-            return False
+            return None
         coef, resid = _least_squares(z_context, z_target)
         d = self.latent_dim
         cov = torch.cov(resid.T.double()) + 1e-8 * torch.eye(d, dtype=torch.float64)
         L = torch.linalg.cholesky(cov).to(resid.dtype)
         L = torch.tril(L, -1) + torch.diag_embed(inverse_positive_scale(L.diagonal()))
-        self.net.weight[:d].copy_(coef[:-1].T)
-        self.net.bias[:d].copy_(coef[-1])
-        self.net.weight[d:].zero_()
-        self.net.bias[d:].copy_(L[self._rows, self._cols])
-        return True
+        n_tril = self._rows.numel()
+        weight = torch.cat([coef[:-1].T, coef.new_zeros(n_tril, coef.shape[0] - 1)])
+        return {"net.weight": weight, "net.bias": torch.cat([coef[-1], L[self._rows, self._cols]])}
 
 
 register_head("diag", DiagonalGaussianHead)
