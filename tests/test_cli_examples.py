@@ -60,6 +60,7 @@ def test_every_example_declares_quick_args():
 
 
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
-def test_example_runs(script, monkeypatch):
+def test_example_runs(script, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # examples write their run folders under ./runs
     monkeypatch.setattr(sys, "argv", [script, *EXAMPLES[script]])
     runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")

@@ -1,0 +1,121 @@
+"""Milliseconds per training step: Pyro VJEPA vs a hand-written torch step of the same loss.
+
+Both sides update the same parameters with the same ``torch.optim.Adam`` and do the same
+EMA update; they differ only in how the loss and its gradient are produced:
+
+* **torch**: the VJEPA loss written out by hand — NLL of one reparameterised target sample
+  under the predictor plus β times the closed-form KL of the target posterior to N(0, I);
+* **pyro**: ``ELBO.loss_and_grads(model.model, model.guide, ...)`` for each ELBO class.
+
+    python benchmarks/bench_step.py            # writes benchmarks/results/bench_step.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from torch.distributions import Normal
+
+from bjepa.inference.fit import ELBOS
+from bjepa.models import VJEPA
+
+OUT = Path(__file__).parent / "results"
+
+
+def torch_loss(m: VJEPA, xc: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """The VJEPA loss by hand (sum over the batch, as Pyro's ELBO)."""
+    with torch.no_grad():
+        mu = m.target_encoder(xt)
+    raw = m.target_scale_net(xt)
+    sq = torch.nn.functional.softplus(raw) + 1e-4
+    z = mu + sq * torch.randn_like(mu)
+    pred = m.predictor(m.context_encoder(xc))
+    nll = -pred.log_prob(z).sum()
+    kl = torch.distributions.kl_divergence(Normal(mu, sq), Normal(0.0, 1.0)).sum()
+    return nll + m.beta * kl
+
+
+def time_steps(step, n_steps: int, warmup: int = 20) -> float:
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    return (time.perf_counter() - start) / n_steps * 1e3
+
+
+def bench(encoder: str, batch: int | None, elbo: str | None, n_steps: int) -> float:
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    n = 6000
+    x = torch.randn(n + 1, 20)
+    xc, xt = x[:-1], x[1:]
+    m = VJEPA(20, 4, encoder=encoder)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, foreach=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def batch_of():
+        if batch is None:
+            return xc, xt
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        return xc[idx], xt[idx]
+
+    if elbo is None:
+        def step():
+            c, t = batch_of()
+            loss = torch_loss(m, c, t)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            m.after_step(0, 1)
+    else:
+        kw = {"ignore_jit_warnings": True} if elbo.startswith("jit") else {}
+        loss_fn = ELBOS[elbo](max_plate_nesting=1, **kw)
+
+        def step():
+            loss_fn.loss_and_grads(m.model, m.guide, xc, xt, batch_size=batch)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            m.after_step(0, 1)
+
+    with pyro.validation_enabled(False):
+        return time_steps(step, n_steps)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    rows = []
+    for encoder in ("linear", "mlp"):
+        for batch in (512, None):
+            ref = bench(encoder, batch, None, args.steps)
+            rows.append({"encoder": encoder, "batch": batch or "full", "impl": "torch (by hand)",
+                         "ms_per_step": ref, "ratio": 1.0})
+            for elbo in ("meanfield", "trace", "jit-meanfield", "jit-trace"):
+                ms = bench(encoder, batch, elbo, args.steps)
+                rows.append({"encoder": encoder, "batch": batch or "full",
+                             "impl": f"pyro {elbo}", "ms_per_step": ms, "ratio": ms / ref})
+                print(f"{encoder:6} B={batch or 'full':>5} {elbo:14} {ms:7.3f} ms "
+                      f"({ms / ref:.2f}x torch {ref:.3f} ms)", flush=True)
+    OUT.mkdir(exist_ok=True)
+    meta = {"machine": platform.platform(), "processor": platform.processor(),
+            "threads": args.threads, "torch": torch.__version__, "pyro": pyro.__version__,
+            "steps": args.steps}
+    (OUT / "bench_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = ["| encoder | batch | implementation | ms / step | × torch |", "|---|---|---|---|---|"]
+    lines += [f"| {r['encoder']} | {r['batch']} | {r['impl']} | {r['ms_per_step']:.3f} | "
+              f"{r['ratio']:.2f} |" for r in rows]
+    (OUT / "bench_step.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    main(p.parse_args())
