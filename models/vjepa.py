@@ -47,7 +47,8 @@ class VJEPA(WorldModel):
     :param obs_dim: size of an observation vector.
     :param latent_dim: size of the latent ``z``.
     :param encoder: ``"linear"`` (bias-free linear map) or ``"mlp"``.
-    :param head: predictor head, ``"diag"`` or ``"full"`` Gaussian (see :mod:`.heads`).
+    :param head: predictor head: ``"diag"`` or ``"full"`` Gaussian (see :mod:`.heads`),
+        ``"mdn"`` (a K = 5 mixture density network, :mod:`.mixture`), or any registered name.
     :param beta: weight β >= 0 of the KL to the standard-normal prior.
     :param tau: EMA momentum τ in [0, 1], ``"cosine"`` or a schedule ``f(step, total)``.
     :param init: ``"cca"`` (default) points the encoder's last layer at the leading

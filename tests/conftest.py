@@ -3,6 +3,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Small models: one intra-op thread is fastest and avoids oversubscribing CI's cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _clean_pyro():
     """Fresh param store, validation on, and a fixed seed for every test."""
