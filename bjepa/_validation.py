@@ -8,6 +8,7 @@ inside torch or Pyro.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 __all__ = [
     "check_choice",
     "check_nonnegative",
+    "check_nonnegative_int",
     "check_positive",
     "check_positive_int",
     "check_tensor",
@@ -31,6 +33,7 @@ def check_tensor(
     last_dim: int | None = None,
     min_rows: int = 1,
     finite: bool = True,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Validate a floating-point data tensor and return it.
 
@@ -39,11 +42,22 @@ def check_tensor(
     :param last_dim: required size of the last dimension (``None`` accepts any).
     :param min_rows: minimum size of the leading dimension.
     :param finite: reject NaN and infinite values.
+    :param device: if given, the device the tensor must be on (e.g. the model's).
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor, got {type(value).__name__}; "
             f"convert it with torch.as_tensor({name}, dtype=torch.float32)"
+        )
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device (a tensor without data); pass real data on "
+            "'cpu' or 'cuda'"
+        )
+    if device is not None and value.device != torch.device(device):
+        raise ValueError(
+            f"{name} is on {value.device} but the model is on {torch.device(device)}; "
+            f"move it with {name}.to({str(torch.device(device))!r})"
         )
     if not value.is_floating_point():
         raise TypeError(
@@ -85,11 +99,20 @@ def check_nonnegative(name: str, value: Any) -> float:
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """An integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer >= 1 (Python or NumPy integer)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value: Any) -> int:
+    """An integer >= 0 (Python or NumPy integer)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
     return int(value)
 
 

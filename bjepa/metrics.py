@@ -40,10 +40,15 @@ def linear_probe_r2(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.
     if z_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"z_test and y_test need the same rows: {z_test.shape[0]} vs "
                          f"{y_test.shape[0]}")
-    if z_train.shape[1] != z_test.shape[1] or y_train.shape[1] != y_test.shape[1]:
-        raise ValueError("train and test must have the same number of columns")
+    if z_train.shape[1] != z_test.shape[1]:
+        raise ValueError(f"z_train and z_test need the same columns: {z_train.shape[1]} vs "
+                         f"{z_test.shape[1]}")
+    if y_train.shape[1] != y_test.shape[1]:
+        raise ValueError(f"y_train and y_test need the same columns: {y_train.shape[1]} vs "
+                         f"{y_test.shape[1]}")
     if z_train.shape[0] <= z_train.shape[1]:
-        raise ValueError("linear probe needs more training rows than representation dims")
+        raise ValueError(f"z_train needs more rows than columns for a linear probe, got shape "
+                         f"{tuple(z_train.shape)}")
     dev = z_train.device
 
     def design(z: torch.Tensor) -> torch.Tensor:

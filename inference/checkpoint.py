@@ -1,58 +1,192 @@
-"""Checkpoints: one file that rebuilds a trained model, written atomically and loaded with
-``torch.load(weights_only=True)`` (no arbitrary pickles are ever executed).
+"""Checkpoints: one file holds everything needed to rebuild a trained model — and, for training
+checkpoints, everything the next optimiser step needs. Files are written atomically and read
+only with ``torch.load(weights_only=True)``: no pickled code is ever executed.
 
 A checkpoint is a dict of tensors and plain Python values::
 
-    {"format": "bjepa-checkpoint", "version": 1, "library_version": "...",
-     "model_class": "VJEPA", "hparams": {...}, "state_dict": {...}, "meta": {...}}
+    {"format": "bjepa-checkpoint", "version": 2, "library_version": "0.1.0",
+     "model_class": "VJEPA", "hparams": {...},
+     "state_dict": {...},            # parameters, guide parameters, EMA target (extra state)
+     "meta": {...},                  # free-form plain values (e.g. the run's results row)
+     "training": {                   # only in training checkpoints (written by ``fit``)
+         "step": 400,                # optimiser steps completed
+         "optimizer": {...},         # torch.optim.Adam state_dict
+         "rng": {...},               # torch / CUDA / NumPy / Python RNG states as tensors
+         "config": {...},            # the resolved fit arguments
+         "history": {...}},          # the metrics recorded so far
+     "digest": "sha256:..."}         # checksum of everything above
+
+Every failure to read one — a missing, truncated or corrupted file, a pickle that asks to run
+code, an unknown format version, a checkpoint of another model class — raises
+:class:`CheckpointError` with the file and the reason.
+
+Example::
+
+    save_checkpoint("vjepa.pt", model, meta={"sigma": 8.0})
+    model = load_model("vjepa.pt")
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
+import random
+import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
+from bjepa.runs import DirectoryLock
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointManager",
+    "TrainingState",
+    "capture_rng_state",
+    "load_checkpoint",
+    "load_model",
+    "restore_model_state",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "bjepa-checkpoint"
-VERSION = 1
+VERSION = 2
+#: checkpoint versions this library reads (1: model only, no checksum)
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, unsafe or from an incompatible version."""
+    """A checkpoint file is missing, corrupt, unsafe, from an incompatible version or of a
+    different model than the one it is loaded into."""
 
 
-def _model_classes() -> dict[str, type]:
-    from bjepa import models
+@dataclass
+class TrainingState:
+    """What a training checkpoint adds to the model: enough to take the next step exactly.
 
-    return {name: getattr(models, name) for name in models.__all__
-            if isinstance(getattr(models, name), type)}
-
-
-def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (class, constructor arguments, parameters, EMA target) to ``path``.
-
-    The file is written to a temporary name in the same folder, fsynced, then renamed, so a
-    crash leaves either the old file or the new one, never a torn one.
+    :param step: optimiser steps completed.
+    :param optimizer: ``optimizer.state_dict()``.
+    :param rng: :func:`capture_rng_state` at the moment of saving.
+    :param config: the resolved training arguments (plain values).
+    :param history: the metrics recorded so far (plain values and tensors).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from bjepa import __version__
 
-    payload = {
-        "format": FORMAT, "version": VERSION, "library_version": __version__,
-        "model_class": type(model).__name__, "hparams": dict(model.hparams),
-        "state_dict": {k: v.detach().cpu() if torch.is_tensor(v) else v
-                       for k, v in model.state_dict().items()},
-        "meta": dict(meta or {}), **(extra or {}),
+    step: int
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    config: dict[str, Any]
+    history: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "optimizer": self.optimizer, "rng": self.rng,
+                "config": self.config, "history": self.history}
+
+
+# -- plain values and checksums ------------------------------------------------------------------
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _plain(name: str, value: Any) -> Any:
+    """A copy of ``value`` that weights-only loading reads back exactly: NumPy scalars become
+    Python numbers; anything else that is not a number, string, list, tuple, dict or tensor is
+    refused with a ``TypeError`` naming where it is (fail at save, not at load)."""
+    if type(value) in _PLAIN or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic) and isinstance(value.item(), _PLAIN):
+        return value.item()
+    if isinstance(value, list | tuple):
+        items = [_plain(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        return tuple(items) if type(value) is tuple else items
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{name} has a key {k!r} of type {type(k).__name__}; "
+                                "checkpoint keys must be str or int")
+            out[k] = _plain(f"{name}[{k!r}]", v)
+        return out
+    raise TypeError(f"{name} holds a {type(value).__name__}, which a checkpoint cannot store "
+                    "safely; use plain numbers, strings, lists, dicts or tensors")
+
+
+def _digest(value: Any) -> str:
+    """A SHA-256 over every tensor's bytes and every plain value, in a canonical order."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            h.update(b"D%d" % len(v))
+            for k in sorted(v, key=repr):
+                h.update(repr(k).encode())
+                feed(v[k])
+        elif isinstance(v, list | tuple):
+            h.update(b"L%d" % len(v))
+            for x in v:
+                feed(x)
+        else:
+            h.update(f"{type(v).__name__}:{v!r}".encode())
+
+    feed(value)
+    return "sha256:" + h.hexdigest()
+
+
+# -- RNG states ----------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """The torch (CPU and, when in use, CUDA), NumPy and Python RNG states as tensors and plain
+    values, so that ``torch.load(weights_only=True)`` reads them back."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    cuda = (list(torch.cuda.get_rng_state_all())
+            if torch.cuda.is_available() and torch.cuda.is_initialized() else [])
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
     }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`; raises :class:`CheckpointError` if malformed."""
+    try:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+        if state["cuda"]:
+            if torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+                torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in state["cuda"]])
+            else:
+                logger.warning("checkpoint holds %d CUDA RNG states; this machine has %d CUDA "
+                               "devices, CUDA randomness is not restored", len(state["cuda"]),
+                               torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        npy = state["numpy"]
+        np.random.set_state((npy["kind"], npy["keys"].cpu().numpy().astype(np.uint32),
+                             int(npy["pos"]), int(npy["has_gauss"]), float(npy["cached"])))
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(x) for x in py["internal"].tolist()),
+                         py["gauss_next"]))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        raise CheckpointError(f"the checkpoint's RNG state is malformed ({err})") from err
+
+
+# -- writing -------------------------------------------------------------------------------------
+def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
+    """Temp file in the same folder, fsync, ``os.replace``, fsync the folder: a crash leaves
+    the old file or the new one, never a torn one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -63,12 +197,70 @@ def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None,
+                    training: TrainingState | None = None) -> Path:
+    """Write ``model`` (class, constructor arguments, parameters, guide, EMA target) and, if
+    given, the training state to ``path`` atomically.
+
+    :param meta: plain values stored under ``"meta"`` (e.g. the data settings, a results row).
+    :param extra: further top-level entries (plain values or tensors).
+    :param training: optimiser state, step, RNG states, config and history (see :func:`fit`).
+    :raises TypeError: if ``meta``/``extra``/``hparams`` hold objects that weights-only loading
+        could not read back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from bjepa import __version__
+
+    payload: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "library_version": __version__,
+        "model_class": type(model).__name__,
+        "hparams": _plain("hparams", dict(getattr(model, "hparams", {}))),
+        "pyro_name": str(getattr(model, "_pyro_name", "")),
+        "state_dict": _to_cpu(model.state_dict()),
+        "meta": _plain("meta", dict(meta or {})), **_plain("extra", dict(extra or {})),
+    }
+    if training is not None:
+        t = training.as_dict()
+        t["config"] = _plain("training.config", t["config"])
+        t["history"] = _plain("training.history", t["history"])
+        payload["training"] = _to_cpu(t)
+    payload["digest"] = _digest(payload)
+    _atomic_torch_save(payload, path)
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """Read a checkpoint dict safely; raise :class:`CheckpointError` with the reason."""
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+# -- reading -------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    model_class: str | type | None = None) -> dict[str, Any]:
+    """Read a checkpoint dict safely (``weights_only=True``) and verify its format, version and
+    checksum; with ``model_class``, also that it holds that model.
+
+    :raises CheckpointError: with the file and the reason, for every way this can fail.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -77,30 +269,172 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        first = (str(err).splitlines() or [""])[0]
+        if "Weights only load failed" in first or "global" in str(err).lower():
+            raise CheckpointError(
+                f"{path} is not a safe bjepa checkpoint: it asks to run code or build objects "
+                f"that weights-only loading refuses ({_unsafe_reason(err)})") from err
+        raise CheckpointError(f"{path} is truncated or corrupt ({first})") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types for torn files
         raise CheckpointError(
-            f"{path} is not a safe bjepa checkpoint: it asks to run code or build objects "
-            f"that weights-only loading refuses ({str(err).splitlines()[0]})") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is truncated or not a torch checkpoint ({err})") from err
+            f"{path} is truncated, corrupt or not a torch checkpoint "
+            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a bjepa checkpoint (missing format marker)")
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint version {payload.get('version')}, this bjepa reads "
-            f"version {VERSION}")
+            f"{path} has checkpoint version {version!r}; this bjepa "
+            f"({_library_version()}) reads versions {list(READABLE_VERSIONS)}")
+    if version >= 2:
+        stored = payload.pop("digest", None)
+        if stored != _digest(payload):
+            raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents")
+    for key, kind in [("model_class", str), ("hparams", dict), ("state_dict", dict),
+                      ("meta", dict)]:
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path} is malformed: {key!r} missing or not a {kind.__name__}")
+    if model_class is not None:
+        want = model_class if isinstance(model_class, str) else model_class.__name__
+        if payload["model_class"] != want:
+            raise CheckpointError(
+                f"{path} holds a {payload['model_class']} model, not a {want}")
     return payload
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Rebuild the trained model stored in a checkpoint."""
-    payload = load_checkpoint(path, map_location)
+def _unsafe_reason(err: Exception) -> str:
+    text = str(err)
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it references {match.group(1)}"
+    return (text.splitlines() or [""])[0][:200]
+
+
+def _library_version() -> str:
+    from bjepa import __version__
+
+    return f"bjepa {__version__}"
+
+
+def _model_classes() -> dict[str, type]:
+    from bjepa import models
+
+    return {name: getattr(models, name) for name in models.__all__
+            if isinstance(getattr(models, name), type)}
+
+
+def restore_model_state(payload: dict[str, Any], model: Any, path: str | Path = "checkpoint"
+                        ) -> None:
+    """Load the payload's parameters into ``model`` after checking that class and constructor
+    arguments match; raises :class:`CheckpointError` otherwise."""
+    if payload["model_class"] != type(model).__name__:
+        raise CheckpointError(
+            f"{path} holds a {payload['model_class']} model, not a {type(model).__name__}")
+    mine = dict(getattr(model, "hparams", {}))
+    diff = sorted(k for k in set(mine) | set(payload["hparams"])
+                  if mine.get(k) != payload["hparams"].get(k))
+    if diff:
+        detail = ", ".join(f"{k}={payload['hparams'].get(k)!r} (model has {mine.get(k)!r})"
+                           for k in diff)
+        raise CheckpointError(f"{path} was written by a model with different settings: {detail}")
+    state = _rename_scope(payload["state_dict"], payload.get("pyro_name") or "",
+                          str(getattr(model, "_pyro_name", "")))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this {type(model).__name__}: "
+            f"{(str(err).splitlines() or [''])[0]}") from err
+
+
+def _rename_scope(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """Rename the model's Pyro scope inside state-dict keys.
+
+    Every model instance has its own Pyro scope (``vjepa0``, ``bjepa3``, ...), and autoguides
+    name their parameters after the sites they guide (``weight_guide.locs.bjepa3.predictor.
+    net.weight``), so a checkpoint is loaded into a fresh instance by renaming that one
+    dot-separated component.
+    """
+    if not old or not new or old == new:
+        return state
+    return {".".join(new if part == old else part for part in key.split(".")): value
+            for key, value in state.items()}
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
+               model_class: str | type | None = None) -> Any:
+    """Rebuild the trained model stored in a checkpoint (see :func:`load_checkpoint`)."""
+    payload = load_checkpoint(path, map_location, model_class=model_class)
     classes = _model_classes()
     name = payload["model_class"]
     if name not in classes:
-        raise CheckpointError(f"{path} holds unknown model class {name!r}")
+        raise CheckpointError(f"{path} holds unknown model class {name!r}; this library has "
+                              f"{', '.join(sorted(classes))}")
     hparams = dict(payload["hparams"])
     if hparams.get("tau") == "custom":
         hparams["tau"] = 1.0  # the schedule only matters for further training
-    model = classes[name](**hparams)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = classes[name](**hparams)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} holds constructor arguments this {name} refuses: {err}"
+                              ) from err
+    restore_model_state({**payload, "hparams": dict(getattr(model, "hparams", hparams))},
+                        model, path)
     return model.to(map_location)
+
+
+# -- a folder of training checkpoints ------------------------------------------------------------
+class CheckpointManager:
+    """A folder of training checkpoints ``step-000000400.pt``, newest kept, oldest pruned.
+
+    Holds an exclusive lock on ``<directory>/.lock`` while open, so two trainings never write
+    into the same folder, and removes temp files left by a process killed mid-write.
+
+    :param directory: the folder (created if missing).
+    :param keep_last: how many checkpoints to keep (>= 1).
+    """
+
+    PATTERN = re.compile(r"^step-(\d{9,})\.pt$")
+
+    def __init__(self, directory: str | Path, *, keep_last: int = 3) -> None:
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be an int >= 1, got {keep_last!r}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self._lock = DirectoryLock(self.directory, what="checkpoint_dir")
+        for stale in self.directory.glob(".step-*.tmp"):
+            stale.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"step-{step:09d}.pt"
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir()
+                 if (m := self.PATTERN.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Path | None:
+        """The newest checkpoint file, or ``None``."""
+        paths = self.paths()
+        return paths[-1] if paths else None
+
+    def save(self, model: Any, training: TrainingState, *, meta: dict[str, Any] | None = None
+             ) -> Path:
+        """Write the checkpoint for ``training.step`` and prune all but the last ``keep_last``."""
+        path = save_checkpoint(self.path_for(training.step), model, meta=meta,
+                               training=training)
+        for old in self.paths()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+

@@ -57,8 +57,13 @@ def make_tau_schedule(tau: float | str | TauSchedule) -> TauSchedule:
         if parts[0] != "cosine" or len(parts) not in (1, 3):
             raise ValueError(f"tau {tau!r} not understood; use a float, 'cosine' or 'cosine:a:b'")
         if len(parts) == 3:
-            start = check_unit_interval("tau start", float(parts[1]))
-            end = check_unit_interval("tau end", float(parts[2]))
+            try:
+                start, end = float(parts[1]), float(parts[2])
+            except ValueError as err:
+                raise ValueError(f"tau {tau!r} not understood; 'cosine:a:b' needs numbers a, b "
+                                 "in [0, 1]") from err
+            start = check_unit_interval("tau start", start)
+            end = check_unit_interval("tau end", end)
             return cosine_tau(start, end)
         return cosine_tau()
     return constant_tau(check_unit_interval("tau", tau))

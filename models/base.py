@@ -162,6 +162,10 @@ class WorldModel(PyroModule):
         """
         encoder = self.context_encoder
         a, b = _features(encoder, context), _features(encoder, target)
+        if a.shape[1] < self.latent_dim:
+            raise ValueError(
+                f"init='cca' needs latent_dim <= the encoder's feature size {a.shape[1]}, got "
+                f"latent_dim={self.latent_dim}; use init='random' or a smaller latent_dim")
         weight, rho = canonical_directions(a, b, self.latent_dim)
         layer = last_linear(encoder)
         layer.weight.copy_(weight.to(layer.weight))
@@ -180,9 +184,16 @@ class WorldModel(PyroModule):
             head.get_parameter(name).copy_(value)
 
     # -- public API -------------------------------------------------------------------------
+    def as_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Validate observations ``x`` (named ``name`` in errors) and cast them to the model's
+        dtype; data on another device than the model is refused."""
+        p = next(self.parameters())
+        check_tensor(name, x, ndim=2, last_dim=self.obs_dim, device=p.device)
+        return x.to(p.dtype)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The representation used by probes, ``(N, latent_dim)``, without gradients."""
-        check_tensor("x", x, ndim=2, last_dim=self.obs_dim)
+        x = self.as_input("x", x)
         with torch.no_grad():
             return self._encode(x)
 

@@ -83,13 +83,14 @@ class BJEPA(VJEPA):
                             f"{type(prior).__name__}")
         if prior.dim != latent_dim:
             raise ValueError(f"prior has dim {prior.dim} but latent_dim is {latent_dim}")
+        default_prior = type(prior) is GaussianPrior and prior.learnable  # before to_pyro
         self.struct_prior = prior
         pyro.nn.module.to_pyro_module_(self.struct_prior)
         self.weight_prior = make_weight_prior(weight_prior)
         self._guide_spec = weight_guide
         self.guide_init_scale = guide_init_scale
         self.hparams.update(
-            prior=None if type(prior) is GaussianPrior and prior.learnable else "custom",
+            prior=None if default_prior else "custom",
             gamma=gamma, weight_prior=weight_prior if isinstance(weight_prior, str | None)
             else "custom", weight_guide=weight_guide if isinstance(weight_guide, str)
             else "custom", guide_init_scale=guide_init_scale)
@@ -223,7 +224,7 @@ class BJEPA(VJEPA):
         :param num_samples: weight-posterior draws to integrate over (weight priors only).
         :param fusion_samples: proposal draws when fusion needs importance sampling.
         """
-        check_tensor("context", context, ndim=2, last_dim=self.obs_dim)
+        context = self.as_input("context", context)
         with torch.no_grad():
             if self.weight_guide is None:
                 like = self.predictive_dist(context)

@@ -39,6 +39,9 @@ def vicreg_loss(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor, *,
 class JEPA(WorldModel):
     """Deterministic JEPA with an EMA target encoder and VICReg weights 25/25/1."""
 
+    #: VICReg's variance term needs two rows per step (read by :func:`bjepa.inference.fit`)
+    min_batch_size = 2
+
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, encoder: str = "linear",
                  hidden_dim: int = 64, tau: float | str | TauSchedule = 0.99,
                  init: str = "random", sim_weight: float = 25.0, var_weight: float = 25.0,

@@ -32,7 +32,7 @@ import torch
 from pyro import poutine
 from torch.distributions import Distribution
 
-from bjepa._validation import check_nonnegative, check_positive_int, check_tensor
+from bjepa._validation import check_nonnegative, check_positive, check_positive_int
 from bjepa.inference.ema import TauSchedule
 from bjepa.models.base import WorldModel, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
@@ -72,6 +72,10 @@ class VJEPA(WorldModel):
     ) -> None:
         check_positive_int("obs_dim", obs_dim)
         check_positive_int("latent_dim", latent_dim)
+        check_positive("target_scale_init", target_scale_init)
+        if target_scale_init > 1e6:
+            raise ValueError("target_scale_init must be <= 1e6 (a standard deviation in latent "
+                             f"units), got {target_scale_init}")
         super().__init__(obs_dim, latent_dim)
         self.hparams = dict(obs_dim=obs_dim, latent_dim=latent_dim, encoder=encoder, head=head,
                             hidden_dim=hidden_dim, beta=beta, tau=tau_spec(tau), init=init,
@@ -87,7 +91,8 @@ class VJEPA(WorldModel):
         last = list(self.target_scale_net.parameters())
         with torch.no_grad():
             last[-2].mul_(0.0)  # start homoscedastic ...
-            last[-1].fill_(math.log(math.expm1(target_scale_init)))  # ... at target_scale_init
+            # ... at target_scale_init: softplus⁻¹(s) = s + log(1 - e^{-s}), stable for any s > 0
+            last[-1].fill_(target_scale_init + math.log(-math.expm1(-target_scale_init)))
         self.predictor = to_pyro(make_head(head, latent_dim, latent_dim, net=HEAD_NETS[encoder],
                                            hidden_dim=hidden_dim))
 
@@ -125,11 +130,10 @@ class VJEPA(WorldModel):
     # -- public API -------------------------------------------------------------------------
     def predict(self, context: torch.Tensor) -> Distribution:
         """The predictive distribution over the next latent, batch ``(N,)``, event ``(D_z,)``."""
-        check_tensor("context", context, ndim=2, last_dim=self.obs_dim)
+        context = self.as_input("context", context)
         with torch.no_grad():
             return self.predictive_dist(context)
 
     def encode_target(self, x: torch.Tensor) -> torch.Tensor:
         """The EMA target encoder's mean latent ``μ_θ'(x)``."""
-        check_tensor("x", x, ndim=2, last_dim=self.obs_dim)
-        return self._ema(x)
+        return self._ema(self.as_input("x", x))

@@ -37,9 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from bjepa.inference.checkpoint import CheckpointError
+    from bjepa.inference.fit import NonFiniteLossError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
+            NonFiniteLossError) as err:
         print(f"bjepa {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

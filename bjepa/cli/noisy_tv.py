@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from bjepa.cli._common import add_training_args, parse_float_list, parse_int_list, parse_tau
+from bjepa.cli._common import (
+    add_training_args,
+    parse_float_list,
+    parse_int_list,
+    parse_tau,
+    resolve_resumed_config,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, fields
+
     from bjepa.experiments.noisy_tv import NoisyTVConfig, format_table, summarise
     from bjepa.experiments.noisy_tv import run as run_experiment
+    from bjepa.inference.checkpoint import CheckpointError
+    from bjepa.inference.fit import NonFiniteLossError
     from bjepa.runs import RunFolder, default_run_dir
 
     overrides = {
@@ -41,12 +52,29 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = NoisyTVConfig(**{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
-    folder = RunFolder(args.out or default_run_dir("noisy-tv"), overwrite=args.overwrite)
-    n = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    print(f"Noisy TV: {n} runs ({', '.join(cfg.models)} × σ {cfg.sigmas} × seeds {cfg.seeds}), "
-          f"{cfg.steps} steps each → {folder.path}")
-    rows = run_experiment(cfg, folder)
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out (the run folder to continue)")
+    with RunFolder(args.out or default_run_dir("noisy-tv"), overwrite=args.overwrite,
+                   resume=args.resume) as folder:
+        if folder.resumed:
+            given = asdict(cfg) if args.quick else overrides
+            known = {f.name for f in fields(NoisyTVConfig)}
+            stored = {k: v for k, v in folder.read_json("config.json").items() if k in known}
+            cfg = NoisyTVConfig(**resolve_resumed_config(stored, given)).validate()
+        n = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
+        verb = "resuming" if folder.resumed else "Noisy TV:"
+        print(f"{verb} {n} runs ({', '.join(cfg.models)} × σ {cfg.sigmas} × seeds "
+              f"{cfg.seeds}), {cfg.steps} steps each → {folder.path}")
+        try:
+            rows = run_experiment(cfg, folder, resume=args.resume)
+        except KeyboardInterrupt:
+            print(f"interrupted; continue with: bjepa noisy-tv --out {folder.path} --resume",
+                  file=sys.stderr)
+            raise
+        except (CheckpointError, NonFiniteLossError) as err:
+            print(f"bjepa noisy-tv: error: {err}", file=sys.stderr)
+            return 2
     print(format_table(summarise(rows)))
     print(f"\nwrote {folder.path}/: config.json metrics.jsonl results.csv results.json "
-          "r2_vs_sigma.png")
+          "r2_vs_sigma.png checkpoints/")
     return 0

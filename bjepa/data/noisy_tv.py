@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bjepa._validation import check_nonnegative, check_positive_int
+from bjepa._validation import check_nonnegative, check_nonnegative_int, check_positive_int
 
 __all__ = ["NoisyTV", "NoisyTVParams", "make_params", "make_split", "simulate"]
 
@@ -126,6 +126,7 @@ def make_split(
     :param standardize: standardise observations with the training mean and std.
     """
     sigma = check_nonnegative("sigma", sigma)
+    seed = check_nonnegative_int("seed", seed)
     for name, value in [("train_steps", train_steps), ("test_steps", test_steps),
                         ("obs_dim", obs_dim), ("signal_dim", signal_dim),
                         ("distractor_dim", distractor_dim)]:
@@ -135,10 +136,14 @@ def make_split(
     rng = np.random.default_rng(seed)
     params = make_params(sigma, obs_dim=obs_dim, signal_dim=signal_dim,
                          distractor_dim=distractor_dim, rng=rng)
-    xs, ss, ds = simulate(params, train_steps, rng)
-    xt, st, dt = simulate(params, test_steps, rng)
-    mean = xs.mean(0) if standardize else np.zeros(obs_dim)
-    std = xs.std(0) + 1e-8 if standardize else np.ones(obs_dim)
+    with np.errstate(over="ignore", invalid="ignore"):
+        xs, ss, ds = simulate(params, train_steps, rng)
+        xt, st, dt = simulate(params, test_steps, rng)
+        mean = xs.mean(0) if standardize else np.zeros(obs_dim)
+        std = xs.std(0) + 1e-8 if standardize else np.ones(obs_dim)
+    big = np.finfo(np.float32).max
+    if not all(np.isfinite(a).all() and np.abs(a).max() < big for a in (xs, xt, ds, dt, std)):
+        raise ValueError(f"sigma={sigma:g} is too large: the observations overflow float32")
 
     def pack(x, s, d):
         f = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731

@@ -7,7 +7,7 @@ Used by ``bjepa noisy-tv`` and ``examples/noisy_tv.py``.
 from __future__ import annotations
 
 import logging
-import time
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.inference import fit
-from bjepa.inference.checkpoint import save_checkpoint
+from bjepa.inference.checkpoint import load_checkpoint, save_checkpoint
 from bjepa.inference.fit import set_seed
 from bjepa.metrics import linear_probe_r2
 from bjepa.runs import RunFolder
@@ -50,6 +50,8 @@ class NoisyTVConfig:
     test_steps: int = 2000
     device: str = "cpu"
     progress: bool = True
+    #: steps between training checkpoints of each model run (default: steps // 10, >= 50)
+    checkpoint_every: int | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> NoisyTVConfig:
@@ -70,6 +72,8 @@ class NoisyTVConfig:
             raise ValueError("seeds must list at least one seed")
         check_positive_int("steps", self.steps)
         check_nonnegative("beta", self.beta)
+        if self.checkpoint_every is not None:
+            check_positive_int("checkpoint_every", self.checkpoint_every)
         return self
 
 
@@ -115,11 +119,28 @@ def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[s
     }
 
 
-def run(cfg: NoisyTVConfig, folder: RunFolder | None = None) -> list[dict[str, Any]]:
-    """Train and probe every model × σ × seed; returns one row per run."""
+def _finished_row(path: Any) -> dict[str, Any] | None:
+    """The results row stored in a finished run's model checkpoint (``None`` if it has none)."""
+    row = load_checkpoint(path).get("meta", {}).get("row")
+    return dict(row) if isinstance(row, dict) else None
+
+
+def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
+        resume: bool = False) -> list[dict[str, Any]]:
+    """Train and probe every model × σ × seed; returns one row per run.
+
+    With a ``folder``, each model run keeps training checkpoints in
+    ``checkpoints/<model>-sigma<σ>-seed<seed>/`` while it trains and ends with the model
+    checkpoint ``checkpoints/<model>-sigma<σ>-seed<seed>.pt`` holding its results row. With
+    ``resume=True``, finished runs are read back from those files and unfinished ones continue
+    from their newest training checkpoint (bit for bit on CPU).
+    """
     cfg.validate()
+    if resume and folder is None:
+        raise ValueError("resume=True needs a run folder")
     if folder is not None:
         folder.write_json("config.json", asdict(cfg))
+    every = cfg.checkpoint_every or max(cfg.steps // 10, 50)
     rows = []
     total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
     bar = _progress_bar(total, cfg.progress)
@@ -129,22 +150,17 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None) -> list[dict[str, A
                                               test_steps=cfg.test_steps)
             train, test = train.to(cfg.device), test.to(cfg.device)
             for name in cfg.models:
-                set_seed(seed)
-                model = build_model(name, train.obs.shape[1], cfg)
-                start = time.perf_counter()
-                hist = fit(model, train.obs[:-1], train.obs[1:], steps=cfg.steps, lr=cfg.lr,
-                           batch_size=cfg.batch_size, seed=seed, device=cfg.device,
-                           progress=False, log_every=max(cfg.steps // 100, 1),
-                           metrics_path=folder.metrics_path if folder else None,
-                           metrics_tags={"model": name, "sigma": sigma, "seed": seed})
-                seconds = time.perf_counter() - start
-                if folder is not None:
-                    save_checkpoint(folder.file(f"checkpoints/{name}-sigma{sigma:g}-seed{seed}.pt"),
-                                    model, meta={"model": name, "sigma": sigma, "seed": seed,
-                                                 "data": "noisy_tv", "train_steps": cfg.train_steps,
-                                                 "test_steps": cfg.test_steps})
-                row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
-                       "final_loss": hist.final_loss, "train_seconds": round(seconds, 3)}
+                key = f"{name}-sigma{sigma:g}-seed{seed}"
+                final = folder.file(f"checkpoints/{key}.pt") if folder else None
+                ckdir = folder.file(f"checkpoints/{key}") if folder else None
+                row = _finished_row(final) if resume and final.exists() else None
+                if row is not None:
+                    logger.info("resume: %s already finished, keeping its results", key)
+                else:
+                    if ckdir is not None and not resume:
+                        shutil.rmtree(ckdir, ignore_errors=True)
+                    row = _train_one(name, sigma, seed, cfg, train, test, folder, final, ckdir,
+                                     every, resume)
                 rows.append(row)
                 if bar is not None:
                     bar.set_postfix_str(f"{name} σ={sigma:g} seed={seed} "
@@ -152,13 +168,35 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None) -> list[dict[str, A
                     bar.update(1)
                 logger.info("[%d/%d] %s σ=%g seed=%d signal R²=%.3f noise R²=%.3f (%.1fs)",
                             len(rows), total, name, sigma, seed, row["signal_r2"],
-                            row["noise_r2"], seconds)
+                            row["noise_r2"], row["train_seconds"])
     if bar is not None:
         bar.close()
     if folder is not None:
         folder.write_rows("results", rows)
         plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
     return rows
+
+
+def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
+               train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV, folder: RunFolder | None,
+               final: Any, ckdir: Any, every: int, resume: bool) -> dict[str, Any]:
+    """Train, probe and (with a folder) checkpoint one model run; returns its results row."""
+    set_seed(seed)
+    model = build_model(name, train.obs.shape[1], cfg)
+    hist = fit(model, train.obs[:-1], train.obs[1:], steps=cfg.steps, lr=cfg.lr,
+               batch_size=cfg.batch_size, seed=seed, device=cfg.device,
+               progress=False, log_every=max(cfg.steps // 100, 1),
+               metrics_path=folder.metrics_path if folder else None,
+               metrics_tags={"model": name, "sigma": sigma, "seed": seed},
+               checkpoint_dir=ckdir, checkpoint_every=every, keep_last=2, resume=resume)
+    row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
+           "final_loss": hist.final_loss, "train_seconds": round(hist.seconds, 3)}
+    if folder is not None:
+        save_checkpoint(final, model, meta={"model": name, "sigma": sigma, "seed": seed,
+                                            "data": "noisy_tv", "train_steps": cfg.train_steps,
+                                            "test_steps": cfg.test_steps, "row": row})
+        shutil.rmtree(ckdir, ignore_errors=True)  # the model checkpoint now stands for it
+    return row
 
 
 def _progress_bar(total: int, enabled: bool):
