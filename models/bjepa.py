@@ -42,7 +42,7 @@ from pyro.infer.autoguide import (
 from pyro.nn import PyroSample, pyro_method
 from torch.distributions import Distribution
 
-from bjepa._validation import check_nonnegative, check_positive_int, check_tensor
+from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.models.vjepa import VJEPA
 from bjepa.priors import GaussianPrior, LatentPrior, fuse, make_weight_prior
 
