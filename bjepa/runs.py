@@ -12,11 +12,12 @@ import csv
 import json
 import math
 import os
-import tempfile
 import weakref
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from bjepa._io import atomic_write
 
 try:  # POSIX advisory locks; on other platforms folders are not locked
     import fcntl
@@ -73,18 +74,8 @@ class DirectoryLock:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`bjepa._io.atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -164,12 +155,14 @@ class RunFolder:
         fields: list[str] = []
         for row in rows:
             fields += [k for k in row if k not in fields]
-        tmp = self.file(f".{stem}.csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.file(f"{stem}.csv"))
+
+        def write_csv(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.file(f"{stem}.csv"), write_csv)
 
     @property
     def metrics_path(self) -> Path:

@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bjepa._io import atomic_write
 from bjepa.runs import DirectoryLock
 
 __all__ = [
@@ -185,28 +184,13 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 # -- writing -------------------------------------------------------------------------------------
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    """Temp file in the same folder, fsync, ``os.replace``, fsync the folder: a crash leaves
-    the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    """``torch.save`` through :func:`bjepa._io.atomic_write`: a crash leaves the old file or
+    the new one, never a torn one."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None = None,

@@ -51,7 +51,7 @@ def test_cli_rejects_bad_values(tmp_path, capsys):
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "bjepa.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "noisy-tv" in out
+    assert "noisy-tv" in out and "diagnose" in out
 
 
 def test_every_example_declares_quick_args():

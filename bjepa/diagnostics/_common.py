@@ -1,0 +1,72 @@
+"""Helpers shared by the diagnostics modules (not public API)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bjepa._io import atomic_write
+
+__all__: list[str] = []
+
+
+def import_arviz():
+    """Import ArviZ without its one-off "major refactor" FutureWarning banner."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def jsonable(value: Any) -> Any:
+    """Plain-JSON form of numbers, arrays and nested containers (non-finite floats → None)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with torch's RNG seeded, restoring the caller's RNG state afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def model_label(model: Any) -> str:
+    """``"VJEPA (β = 0.01)"``-style label."""
+    name = type(model).__name__
+    beta = getattr(model, "beta", None)
+    return f"{name} (β = {beta:g})" if isinstance(beta, int | float) else name
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
