@@ -1,6 +1,7 @@
 """Training and inference: SVI trainer, EMA targets, schedules."""
 
 from bjepa.inference.checkpoint import CheckpointError, load_model, save_checkpoint
+from bjepa.inference.distributed import fit_ddp, init_distributed, is_rank_zero
 from bjepa.inference.ema import EMATarget, constant_tau, cosine_tau, make_tau_schedule
 from bjepa.inference.fit import ELBOS, FusedSVI, NonFiniteLossError, TrainingHistory, fit
 from bjepa.inference.weights import nuts_posterior, posterior_summary, svi_weight_posterior
@@ -15,6 +16,9 @@ __all__ = [
     "constant_tau",
     "cosine_tau",
     "fit",
+    "fit_ddp",
+    "init_distributed",
+    "is_rank_zero",
     "load_model",
     "make_tau_schedule",
     "nuts_posterior",

@@ -79,6 +79,8 @@ ELBOS: dict[str, type] = {
     "jit-trace": JitTrace_ELBO,
 }
 ON_NONFINITE = ("raise", "skip")
+#: ``fit(strategy=...)``: this process, or DistributedDataParallel across a torchrun job
+STRATEGIES = ("single", "ddp")
 #: with ``on_nonfinite="skip"``, this many non-finite steps in a row stop training anyway
 MAX_CONSECUTIVE_SKIPS = 50
 
@@ -364,6 +366,7 @@ def fit(
     keep_last: int = 3,
     resume: bool = False,
     on_nonfinite: str = "raise",
+    strategy: str = "single",
 ) -> TrainingHistory:
     """Train ``model`` on ``(context, target)`` pairs with SVI and Adam.
 
@@ -399,11 +402,25 @@ def fit(
         step and the last good checkpoint; ``"skip"`` leaves the parameters unchanged for that
         step and counts it (``"skipped"`` in the records), failing after
         :data:`MAX_CONSECUTIVE_SKIPS` in a row.
+    :param strategy: ``"single"`` (this process) or ``"ddp"``: every process of a ``torchrun``
+        job trains its shard of each global mini-batch and DistributedDataParallel averages the
+        gradients (:func:`bjepa.inference.distributed.fit_ddp`; ``batch_size`` is the global
+        batch; without ``torchrun`` it trains in this one process). See ``docs/scaling.md``.
     :returns: the :class:`TrainingHistory` (for a resumed run, including the earlier records).
     :raises ValueError, TypeError: for bad arguments, naming them.
     :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
     :raises NonFiniteLossError: on divergence (see ``on_nonfinite``).
     """
+    check_choice("strategy", strategy, STRATEGIES)
+    if strategy == "ddp":
+        from bjepa.inference.distributed import fit_ddp
+
+        return fit_ddp(model, context, target, steps=steps, lr=lr, batch_size=batch_size,
+                       seed=seed, device=device, elbo=elbo, num_particles=num_particles,
+                       warmup_steps=warmup_steps, progress=progress, log_every=log_every,
+                       metrics_path=metrics_path, metrics_tags=metrics_tags, callback=callback,
+                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                       keep_last=keep_last, resume=resume, on_nonfinite=on_nonfinite)
     steps = check_positive_int("steps", steps)
     lr = check_positive("lr", lr)
     check_choice("elbo", elbo, ELBOS)
