@@ -5,7 +5,8 @@ EMA update; they differ only in how the loss and its gradient are produced:
 
 * **torch**: the VJEPA loss written out by hand — NLL of one reparameterised target sample
   under the predictor plus β times the closed-form KL of the target posterior to N(0, I);
-* **pyro**: ``ELBO.loss_and_grads(model.model, model.guide, ...)`` for each ELBO class.
+* **pyro**: the library's own step, :class:`bjepa.inference.fit.FusedSVI` (``SVI`` with one
+  foreach Adam), for each ELBO class — exactly what :func:`bjepa.inference.fit` runs.
 
     python benchmarks/bench_step.py            # writes benchmarks/results/bench_step.{json,md}
 """
@@ -22,7 +23,7 @@ import pyro
 import torch
 from torch.distributions import Normal
 
-from bjepa.inference.fit import ELBOS
+from bjepa.inference.fit import ELBOS, FusedSVI
 from bjepa.models import VJEPA
 
 OUT = Path(__file__).parent / "results"
@@ -76,16 +77,14 @@ def bench(encoder: str, batch: int | None, elbo: str | None, n_steps: int) -> fl
             m.after_step(0, 1)
     else:
         kw = {"ignore_jit_warnings": True} if elbo.startswith("jit") else {}
-        loss_fn = ELBOS[elbo](max_plate_nesting=1, **kw)
+        svi = FusedSVI(m.model, m.guide, m.parameters(), ELBOS[elbo](max_plate_nesting=1, **kw),
+                       optimizer=opt)
 
         def step():
-            loss_fn.loss_and_grads(m.model, m.guide, xc, xt, batch_size=batch)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            svi.step(xc, xt, batch_size=batch)
             m.after_step(0, 1)
 
-    with pyro.validation_enabled(False):
-        return time_steps(step, n_steps)
+    return time_steps(step, n_steps)
 
 
 def main(args: argparse.Namespace) -> list[dict]:
