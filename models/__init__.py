@@ -1,5 +1,7 @@
 """World models: VJEPA, BJEPA and the baselines (VAE, autoregressive, JEPA)."""
 
+from bjepa.models import conv  # noqa: F401 - registers the "conv"/"deconv" encoders
+from bjepa.models.action import ActionBJEPA, ActionVJEPA
 from bjepa.models.bjepa import BJEPA
 from bjepa.models.encoders import ENCODERS, make_encoder, register_encoder
 from bjepa.models.heads import HEADS, make_head, register_head
@@ -9,6 +11,8 @@ from bjepa.models.vae import VAE, AutoRegressive
 from bjepa.models.vjepa import VJEPA
 
 __all__ = [
+    "ActionBJEPA",
+    "ActionVJEPA",
     "BJEPA",
     "ENCODERS",
     "HEADS",

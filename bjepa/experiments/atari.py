@@ -1,0 +1,645 @@
+"""Natural video (SPEC §4.6): Atari frames with a "noisy TV" distractor, convolutional encoders
+and probes of the frozen representations to the console-RAM ground truth.
+
+For each distractor strength σ and seed: record (or load from the cache) episodes of the game,
+add the distractor, standardise with training statistics, cut frame stacks, train every model
+on ``(context, target)`` stack pairs with mini-batch SVI, then probe the frozen representation
+with a linear and a small MLP probe to the RAM labels, on separate test episodes.
+
+**Stacks.** The context is the ``k`` frames ending at ``t``; the target is the *next* ``k``
+frames ``t+1..t+k`` (not the stack shifted by one: overlapping stacks would let a JEPA
+"predict" the distractor in the frames the context and the target share). The VAE reconstructs
+the context stack, the AR model predicts the target stack; both decode all ``k`` frames with
+the transposed-convolution decoder. Probes follow SPEC §4.1: a representation of the context
+ending at ``t`` is probed against the labels at ``t + model.probe_offset`` (``t`` for the VAE,
+``t+1`` for the predictive models), on rows where the labelled object is on screen.
+
+Used by ``bjepa atari`` and ``examples/atari.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bjepa._validation import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
+from bjepa.data import atari as atari_data
+from bjepa.inference import fit
+from bjepa.inference.checkpoint import save_checkpoint
+from bjepa.inference.fit import set_seed
+from bjepa.metrics import linear_probe_r2, r2_score
+from bjepa.models.conv import conv_encoder_name, register_conv
+from bjepa.runs import RunFolder
+
+__all__ = [
+    "MODEL_NAMES",
+    "AtariConfig",
+    "AtariSplit",
+    "available_models",
+    "build_model",
+    "compare",
+    "encode",
+    "format_table",
+    "load_atari_model",
+    "load_raw",
+    "make_splits",
+    "mlp_probe_r2",
+    "plot_frames",
+    "plot_r2_by_label",
+    "plot_r2_vs_sigma",
+    "probe",
+    "run",
+    "summarise",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
+_COLORS = {"vjepa": "C0", "bjepa": "C1", "jepa": "C2", "vae": "C3", "ar": "C4"}
+
+
+def available_models() -> list[str]:
+    """The model names this installation can train (``"bjepa"`` once BJEPA exists)."""
+    try:
+        from bjepa.models import BJEPA  # noqa: F401
+    except ImportError:
+        return [m for m in MODEL_NAMES if m != "bjepa"]
+    return list(MODEL_NAMES)
+
+
+@dataclass
+class AtariConfig:
+    """Everything that defines an Atari run (dumped as ``config.json``).
+
+    Data: ``game``, ``size`` (frame side in pixels), ``frame_skip``, ``sticky`` (policy),
+    ``train_episodes``/``test_episodes`` of at most ``episode_steps`` agent steps each.
+    Distractor: ``distractor`` in ``"none" | "tv" | "ar1" | "game"`` at strengths ``sigmas``
+    (pixel units: frames lie in [0, 1]), with ``patch``/``cell``/``rho``/``other_game``.
+    Models: ``context_frames`` (k), ``latent_dim``, ``hidden_dim``, conv ``channels``,
+    VJEPA/BJEPA ``beta`` and ``tau``, the VAE/AR ``vae_beta``. Training: ``steps`` of
+    ``batch_size`` with Adam at ``lr``. Probes: an MLP with ``probe_hidden`` units trained for
+    ``probe_steps`` full-batch Adam steps. ``threads`` sets ``torch.set_num_threads`` for the
+    run (``None`` leaves it).
+    """
+
+    models: list[str] = field(default_factory=available_models)
+    game: str = "pong"
+    distractor: str = "tv"
+    sigmas: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    size: int = 48
+    frame_skip: int = 4
+    sticky: float = 0.25
+    train_episodes: int = 12
+    test_episodes: int = 4
+    episode_steps: int = 500
+    context_frames: int = 2
+    patch: float = 0.5
+    cell: int = 4
+    rho: float = 0.9
+    other_game: str = "space_invaders"
+    latent_dim: int = 8
+    hidden_dim: int = 128
+    channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    beta: float = 0.01
+    tau: float | str = 0.99
+    vae_beta: float = 1.0
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    probe_hidden: int = 64
+    probe_steps: int = 500
+    cache_dir: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> AtariConfig:
+        """A tiny configuration for smoke tests (seconds, not a result)."""
+        base: dict[str, Any] = dict(sigmas=[0.0, 1.0], seeds=[0], size=36, train_episodes=2,
+                                    test_episodes=1, episode_steps=80, steps=20, batch_size=32,
+                                    latent_dim=4, hidden_dim=32, channels=[8, 16, 16],
+                                    probe_steps=50, probe_hidden=16)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def validate(self) -> AtariConfig:
+        if not self.models:
+            raise ValueError("models must name at least one model")
+        for m in self.models:
+            check_choice("model", m, available_models())
+        atari_data.game_spec(self.game)
+        if not atari_data.game_spec(self.game).labels:
+            raise ValueError(f"game {self.game!r} has no labels to probe; declare them with "
+                             "bjepa.data.atari.register_game(name, labels={...})")
+        check_choice("distractor", self.distractor, atari_data.DISTRACTORS)
+        if self.distractor == "game":
+            atari_data.game_spec(self.other_game)
+        if not self.sigmas:
+            raise ValueError("sigmas must list at least one distractor strength")
+        for s in self.sigmas:
+            check_nonnegative("sigma", s)
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        for name in ["size", "frame_skip", "train_episodes", "test_episodes", "episode_steps",
+                     "context_frames", "cell", "latent_dim", "hidden_dim", "steps",
+                     "batch_size", "probe_hidden", "probe_steps"]:
+            check_positive_int(name, getattr(self, name))
+        if self.episode_steps < 2 * self.context_frames + 1:
+            raise ValueError(f"episode_steps must be > 2·context_frames, got "
+                             f"{self.episode_steps}")
+        if len(self.channels) != 3:
+            raise ValueError(f"channels must list 3 conv widths, got {self.channels}")
+        check_positive("lr", self.lr)
+        check_nonnegative("beta", self.beta)
+        check_nonnegative("vae_beta", self.vae_beta)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
+        return self
+
+    @property
+    def encoder(self) -> str:
+        """The registered conv encoder name for this geometry (see :mod:`bjepa.models.conv`)."""
+        return conv_encoder_name(self.context_frames, self.size, channels=self.channels)
+
+    def data_kwargs(self, seed: int) -> dict[str, Any]:
+        return dict(size=self.size, episodes=self.train_episodes + self.test_episodes,
+                    max_episode_steps=self.episode_steps, frame_skip=self.frame_skip,
+                    sticky=self.sticky, seed=seed)
+
+
+# -- data ----------------------------------------------------------------------------------
+@dataclass
+class AtariSplit:
+    """Frame-stack pairs of one split, ready for :func:`bjepa.inference.fit`.
+
+    :ivar context: ``(N, k·H·W)`` stacks ``x_{t-k+1..t}`` (standardised).
+    :ivar target: ``(N, k·H·W)`` stacks ``x_{t+1..t+k}``.
+    :ivar labels: ``(N, 2, L)`` ground truth at ``t`` (``[:, 0]``) and ``t+1`` (``[:, 1]``).
+    :ivar visible: ``(N, 2, L)`` whether each labelled object is on screen then.
+    :ivar episode: ``(N,)`` the episode each stack comes from.
+    """
+
+    context: torch.Tensor
+    target: torch.Tensor
+    labels: torch.Tensor
+    visible: torch.Tensor
+    episode: torch.Tensor
+    label_names: tuple[str, ...]
+    frames: int
+    size: int
+
+    def __len__(self) -> int:
+        return int(self.context.shape[0])
+
+
+def _stack_index(episode: np.ndarray, k: int) -> np.ndarray:
+    """Times ``t`` whose frames ``t-k+1 .. t+k`` all lie in one episode."""
+    n = len(episode)
+    t = np.arange(k - 1, n - k)
+    same = episode[t - k + 1] == episode[t + k]
+    return t[same]
+
+
+def _stack(obs: np.ndarray, frames: atari_data.AtariFrames, k: int) -> AtariSplit:
+    t = _stack_index(frames.episode, k)
+    ctx = np.stack([obs[t - k + 1 + i] for i in range(k)], axis=1)
+    tgt = np.stack([obs[t + 1 + i] for i in range(k)], axis=1)
+    labels = np.stack([frames.labels[t], frames.labels[t + 1]], axis=1)
+    vis = np.stack([frames.visible[t], frames.visible[t + 1]], axis=1)
+    n = len(t)
+    return AtariSplit(context=torch.from_numpy(ctx.reshape(n, -1)),
+                      target=torch.from_numpy(tgt.reshape(n, -1)),
+                      labels=torch.from_numpy(labels), visible=torch.from_numpy(vis),
+                      episode=torch.from_numpy(frames.episode[t]),
+                      label_names=frames.label_names, frames=k, size=frames.size)
+
+
+def _distractor_seed(seed: int, sigma: float, split: str) -> int:
+    return (seed * 1_000_003 + round(sigma * 1000) * 7919 + (0 if split == "train" else 1)) \
+        % (2**32)
+
+
+def load_raw(cfg: AtariConfig, seed: int
+             ) -> tuple[atari_data.AtariFrames, atari_data.AtariFrames,
+                        tuple[atari_data.AtariFrames, atari_data.AtariFrames] | None]:
+    """``(train, test, other)`` raw frames for ``seed`` (``other``: the blended game's split)."""
+    data = atari_data.load_frames(cfg.game, cache_dir=cfg.cache_dir, progress=cfg.progress,
+                                  **cfg.data_kwargs(seed))
+    train, test = data.split(cfg.test_episodes)
+    other = None
+    if cfg.distractor == "game":
+        o = atari_data.load_frames(cfg.other_game, cache_dir=cfg.cache_dir,
+                                   progress=cfg.progress, **cfg.data_kwargs(seed + 10_000))
+        other = o.split(cfg.test_episodes)
+    return train, test, other
+
+
+def make_splits(cfg: AtariConfig, sigma: float, seed: int,
+                raw: tuple[Any, Any, Any] | None = None) -> tuple[AtariSplit, AtariSplit]:
+    """Distracted, standardised frame stacks ``(train, test)`` for one σ and seed.
+
+    Observations are ``(frame/255 + σ·u − m) / s`` with the per-pixel mean ``m`` and the
+    overall std ``s`` of the distracted *training* frames.
+    """
+    train, test, other = raw if raw is not None else load_raw(cfg, seed)
+    kw = dict(patch=cfg.patch, cell=cfg.cell, rho=cfg.rho)
+    xs = []
+    for split, frames, oth in [("train", train, other[0] if other else None),
+                               ("test", test, other[1] if other else None)]:
+        xs.append(atari_data.distracted(frames, cfg.distractor, sigma,
+                                        seed=_distractor_seed(seed, sigma, split), other=oth,
+                                        **kw))
+    mean = xs[0].mean(0)
+    scale = max(float(xs[0].std()), 1e-6)
+    return (_stack((xs[0] - mean) / scale, train, cfg.context_frames),
+            _stack((xs[1] - mean) / scale, test, cfg.context_frames))
+
+
+# -- models --------------------------------------------------------------------------------
+def build_model(name: str, obs_dim: int, cfg: AtariConfig) -> nn.Module:
+    """Construct model ``name`` with the run's conv encoder and shared settings."""
+    from bjepa import models
+
+    common = dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim)
+    if name == "vjepa":
+        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+    if name == "bjepa":
+        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+    if name == "jepa":
+        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, **common)
+    if name == "vae":
+        return models.VAE(obs_dim, cfg.latent_dim, beta=cfg.vae_beta, **common)
+    if name == "ar":
+        return models.AutoRegressive(obs_dim, cfg.latent_dim, beta=cfg.vae_beta, **common)
+    raise ValueError(f"unknown model {name!r}; choose from {available_models()}")
+
+
+def encode(model: Any, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """``model.encode`` in chunks on the model's device; returns a CPU tensor."""
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model.encode(x[i:i + chunk].to(dev)).cpu()
+                          for i in range(0, len(x), chunk)])
+    finally:
+        model.train(was)
+
+
+def load_atari_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint written by :func:`run`, registering its conv encoder
+    geometry (stored in the checkpoint's ``meta``) first so a fresh process can load it."""
+    from bjepa.inference.checkpoint import load_checkpoint, load_model
+
+    meta = load_checkpoint(path, map_location)["meta"]
+    if meta.get("data") != "atari":
+        raise ValueError(f"{path} is not an Atari checkpoint (meta data={meta.get('data')!r})")
+    if meta["encoder"] != "conv":
+        register_conv(meta["context_frames"], meta["size"], channels=meta["channels"],
+                      name=meta["encoder"])
+    return load_model(path, map_location)
+
+
+# -- probes --------------------------------------------------------------------------------
+def mlp_probe_r2(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor,
+                 y_test: torch.Tensor, *, mask_train: torch.Tensor | None = None,
+                 mask_test: torch.Tensor | None = None, hidden: int = 64, steps: int = 500,
+                 lr: float = 3e-3, seed: int = 0) -> torch.Tensor:
+    """Test R² per column of ``y`` of a two-hidden-layer MLP probe (ReLU, ``hidden`` units)
+    trained full-batch with Adam on standardised inputs and targets.
+
+    ``mask_*`` (same shape as ``y``, bool) drop entries from the loss and from the R²; columns
+    with no valid test entry give NaN.
+    """
+    check_positive_int("hidden", hidden)
+    check_positive_int("steps", steps)
+    z_train, y_train, z_test, y_test = (t.detach().float().cpu()
+                                        for t in (z_train, y_train, z_test, y_test))
+    mask_train = torch.ones_like(y_train, dtype=torch.bool) if mask_train is None else mask_train
+    mask_test = torch.ones_like(y_test, dtype=torch.bool) if mask_test is None else mask_test
+    zm, zs = z_train.mean(0), z_train.std(0).clamp_min(1e-6)
+    w = mask_train.float()
+    ym = (y_train * w).sum(0) / w.sum(0).clamp_min(1)
+    ys = (((y_train - ym) ** 2 * w).sum(0) / w.sum(0).clamp_min(1)).sqrt().clamp_min(1e-6)
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(z_train.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                        nn.ReLU(), nn.Linear(hidden, y_train.shape[1]))
+    with torch.no_grad():
+        for p in net.parameters():
+            bound = 1.0 / math.sqrt(p.shape[-1]) if p.dim() > 1 else 0.0
+            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=gen)
+                    if bound else torch.zeros(p.shape))
+    xtr, ytr = (z_train - zm) / zs, (y_train - ym) / ys
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = ((net(xtr) - ytr) ** 2 * w).sum() / w.sum().clamp_min(1)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = net((z_test - zm) / zs) * ys + ym
+    out = torch.full((y_test.shape[1],), float("nan"))
+    for j in range(y_test.shape[1]):
+        m = mask_test[:, j]
+        if m.sum() > 1:
+            out[j] = r2_score(y_test[m, j:j + 1], pred[m, j:j + 1]).float()[0]
+    return out
+
+
+def probe(model: Any, train: AtariSplit, test: AtariSplit, cfg: AtariConfig,
+          seed: int = 0) -> dict[str, float]:
+    """Linear and MLP probe test R² per label (and their means) of the frozen representation.
+
+    The context ending at ``t`` is probed against labels at ``t + model.probe_offset``, on rows
+    where the object is on screen.
+    """
+    k = int(getattr(model, "probe_offset", 0))
+    ztr, zte = encode(model, train.context), encode(model, test.context)
+    ytr, yte = train.labels[:, k].double(), test.labels[:, k].double()
+    mtr, mte = train.visible[:, k], test.visible[:, k]
+    out: dict[str, float] = {}
+    lin = []
+    for j, name in enumerate(train.label_names):
+        a, b = mtr[:, j], mte[:, j]
+        r2 = linear_probe_r2(ztr[a], ytr[a, j:j + 1], zte[b], yte[b, j:j + 1]) \
+            if a.sum() > ztr.shape[1] + 1 and b.sum() > 1 else float("nan")
+        out[f"linear_{name}"] = float(r2)
+        lin.append(r2)
+    mlp = mlp_probe_r2(ztr, ytr, zte, yte, mask_train=mtr, mask_test=mte,
+                       hidden=cfg.probe_hidden, steps=cfg.probe_steps, seed=seed)
+    for j, name in enumerate(train.label_names):
+        out[f"mlp_{name}"] = float(mlp[j])
+    out["linear_r2"] = _nanmean(lin)
+    out["mlp_r2"] = _nanmean(mlp.tolist())
+    return out
+
+
+# -- the experiment ------------------------------------------------------------------------
+def run(cfg: AtariConfig, folder: RunFolder | None = None) -> list[dict[str, Any]]:
+    """Train and probe every model × σ × seed; returns one row per run.
+
+    With a ``folder``: ``config.json``, ``metrics.jsonl``, ``checkpoints/*.pt``,
+    ``results.csv/json``, ``r2_vs_sigma.png``, ``r2_by_label.png`` and ``frames.png``.
+    """
+    cfg.validate()
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available; use 'cpu'")
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, folder)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
+    if folder is not None:
+        folder.write_json("config.json", {**asdict(cfg), "encoder": cfg.encoder})
+    rows: list[dict[str, Any]] = []
+    total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
+    bar = _progress_bar(total, cfg.progress)
+    for seed in cfg.seeds:
+        raw = load_raw(cfg, seed)
+        if folder is not None and seed == cfg.seeds[0]:
+            plot_frames(cfg, raw, folder.file("frames.png"))
+        for sigma in cfg.sigmas:
+            train, test = make_splits(cfg, sigma, seed, raw)
+            for name in cfg.models:
+                rows.append(_train_one(cfg, name, sigma, seed, train, test, folder))
+                row = rows[-1]
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} σ={sigma:g} seed={seed} "
+                                        f"linear R²={row['linear_r2']:.3f}")
+                    bar.update(1)
+                logger.info("[%d/%d] %s σ=%g seed=%d linear R²=%.3f MLP R²=%.3f (%.1fs)",
+                            len(rows), total, name, sigma, seed, row["linear_r2"],
+                            row["mlp_r2"], row["train_seconds"])
+            del train, test
+    if bar is not None:
+        bar.close()
+    if folder is not None:
+        folder.write_rows("results", rows)
+        plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
+        plot_r2_by_label(rows, folder.file("r2_by_label.png"))
+    return rows
+
+
+def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: AtariSplit,
+               test: AtariSplit, folder: RunFolder | None) -> dict[str, Any]:
+    set_seed(seed)
+    model = build_model(name, train.context.shape[1], cfg)
+    start = time.perf_counter()
+    hist = fit(model, train.context, train.target, steps=cfg.steps, lr=cfg.lr,
+               batch_size=cfg.batch_size, seed=seed, device=cfg.device, progress=cfg.progress,
+               log_every=max(cfg.steps // 50, 1),
+               metrics_path=folder.metrics_path if folder else None,
+               metrics_tags={"model": name, "sigma": sigma, "seed": seed,
+                             "distractor": cfg.distractor})
+    seconds = time.perf_counter() - start
+    scores = probe(model, train, test, cfg, seed=seed)
+    row = {"model": name, "distractor": cfg.distractor, "sigma": sigma, "seed": seed, **scores,
+           "final_loss": hist.final_loss, "train_seconds": round(seconds, 3)}
+    if folder is not None:
+        save_checkpoint(
+            folder.file(f"checkpoints/{name}-{cfg.distractor}-sigma{sigma:g}-seed{seed}.pt"),
+            model, meta={"model": name, "sigma": sigma, "seed": seed, "data": "atari",
+                         "game": cfg.game, "distractor": cfg.distractor,
+                         "context_frames": cfg.context_frames, "size": cfg.size,
+                         "channels": list(cfg.channels), "encoder": cfg.encoder,
+                         "linear_r2": row["linear_r2"], "mlp_r2": row["mlp_r2"]})
+    return row
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="Atari runs", unit="run", dynamic_ncols=True)
+
+
+def _nanmean(values: Any) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
+
+
+def _order(model: str) -> int:
+    return MODEL_NAMES.index(model) if model in MODEL_NAMES else len(MODEL_NAMES)
+
+
+# -- summaries -----------------------------------------------------------------------------
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sd, min and max over seeds of the mean linear and MLP probe R², per model × σ."""
+    out = []
+    keys = sorted({(r["model"], r["sigma"]) for r in rows}, key=lambda k: (_order(k[0]), k[1]))
+    for model, sigma in keys:
+        sel = [r for r in rows if r["model"] == model and r["sigma"] == sigma]
+        entry: dict[str, Any] = {"model": model, "sigma": sigma, "n": len(sel)}
+        for probe_kind in ["linear", "mlp"]:
+            v = np.array([r[f"{probe_kind}_r2"] for r in sel], dtype=float)
+            entry[f"{probe_kind}_mean"] = float(np.nanmean(v))
+            entry[f"{probe_kind}_sd"] = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
+            entry[f"{probe_kind}_min"] = float(np.nanmin(v))
+            entry[f"{probe_kind}_max"] = float(np.nanmax(v))
+        out.append(entry)
+    return out
+
+
+def compare(rows: Sequence[dict[str, Any]], a: str = "vjepa", b: str = "vae",
+            sigma: float | None = None, probe_kind: str = "linear") -> dict[str, Any]:
+    """The issue's bar: at ``sigma`` (default: the largest), model ``a``'s mean probe R² minus
+    ``b``'s, against the spread over seeds (the larger of the two models' max − min ranges).
+    """
+    check_choice("probe_kind", probe_kind, ["linear", "mlp"])
+    if sigma is None:
+        sigma = max(r["sigma"] for r in rows)
+    va = np.array([r[f"{probe_kind}_r2"] for r in rows
+                   if r["model"] == a and r["sigma"] == sigma], dtype=float)
+    vb = np.array([r[f"{probe_kind}_r2"] for r in rows
+                   if r["model"] == b and r["sigma"] == sigma], dtype=float)
+    if not len(va) or not len(vb):
+        raise ValueError(f"rows hold no {a!r} and {b!r} results at sigma={sigma}")
+    margin = float(va.mean() - vb.mean())
+    spread = float(max(np.ptp(va), np.ptp(vb)))
+    return {"a": a, "b": b, "sigma": sigma, "probe": probe_kind, "n_a": len(va), "n_b": len(vb),
+            "mean_a": float(va.mean()), "mean_b": float(vb.mean()), "margin": margin,
+            "spread": spread, "passes": bool(margin > spread and min(len(va), len(vb)) >= 3)}
+
+
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table of :func:`summarise`'s rows."""
+    lines = [f"{'model':<7} {'sigma':>5} {'n':>3}  {'linear R2 (mean ± sd)':>22} {'min':>7}  "
+             f"{'MLP R2 (mean ± sd)':>19} {'min':>7}"]
+    for s in summary:
+        lines.append(f"{s['model']:<7} {s['sigma']:>5g} {s['n']:>3}  "
+                     f"{s['linear_mean']:>13.3f} ± {s['linear_sd']:<6.3f} {s['linear_min']:>7.3f}"
+                     f"  {s['mlp_mean']:>10.3f} ± {s['mlp_sd']:<6.3f} {s['mlp_min']:>7.3f}")
+    return "\n".join(lines)
+
+
+# -- figures -------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Mean probe R² over the labels against σ: mean ± sd over seeds, linear and MLP probes."""
+    plt = _pyplot()
+    summary = summarise(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True, sharey=True)
+    for ax, kind in zip(axes, ["linear", "mlp"], strict=True):
+        for model in dict.fromkeys(s["model"] for s in summary):
+            sel = [s for s in summary if s["model"] == model]
+            x = np.array([s["sigma"] for s in sel])
+            m = np.array([s[f"{kind}_mean"] for s in sel])
+            sd = np.array([s[f"{kind}_sd"] for s in sel])
+            c = _COLORS.get(model)
+            ax.plot(x, m, "o-", color=c, label=model.upper())
+            ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2)
+        ax.set(title=f"{'Linear' if kind == 'linear' else 'MLP'} probe",
+               xlabel="distractor strength σ (pixel units)",
+               ylabel="test R², mean over RAM labels")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n_seeds = len({r["seed"] for r in rows})
+    distractor = rows[0].get("distractor", "") if rows else ""
+    fig.suptitle(f"Atari ({distractor} distractor): probes of frozen representations "
+                 f"(mean ± sd over {n_seeds} seeds)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_r2_by_label(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Per-label probe R² against σ (mean over seeds), one panel per label and probe."""
+    plt = _pyplot()
+    labels = [k[len("linear_"):] for k in rows[0] if k.startswith("linear_") and k != "linear_r2"]
+    fig, axes = plt.subplots(2, len(labels), figsize=(3.2 * len(labels), 6),
+                             constrained_layout=True, sharey=True, squeeze=False)
+    models = sorted({r["model"] for r in rows}, key=_order)
+    sigmas = sorted({r["sigma"] for r in rows})
+    for i, kind in enumerate(["linear", "mlp"]):
+        for j, label in enumerate(labels):
+            ax = axes[i, j]
+            for model in models:
+                m = [_nanmean([r[f"{kind}_{label}"] for r in rows
+                               if r["model"] == model and r["sigma"] == s]) for s in sigmas]
+                ax.plot(sigmas, m, "o-", color=_COLORS.get(model), label=model.upper())
+            ax.set_title(f"{kind}: {label}", fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == 1:
+                ax.set_xlabel("σ")
+    axes[0, 0].set_ylabel("test R²")
+    axes[1, 0].set_ylabel("test R²")
+    axes[0, 0].legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _window(frames: atari_data.AtariFrames, n: int) -> np.ndarray:
+    """A mask of the first ``n`` consecutive frames of one episode with every labelled object on
+    screen (the first ``n`` frames if there is none)."""
+    ok = frames.visible.all(1) if frames.visible.shape[1] else np.ones(len(frames), bool)
+    idx = np.arange(len(frames))
+    for start in range(max(len(frames) - n + 1, 1)):
+        sl = slice(start, start + n)
+        if ok[sl].all() and len(set(frames.episode[sl].tolist())) == 1:
+            return (idx >= start) & (idx < start + n)
+    return idx < n
+
+
+def plot_frames(cfg: AtariConfig, raw: tuple[Any, Any, Any] | None, path: str | Path, *,
+                sigma: float | None = None, n_frames: int = 4, seed: int | None = None) -> None:
+    """Example test frames: clean, then with each distractor at ``sigma`` (default: the
+    largest of ``cfg.sigmas``)."""
+    plt = _pyplot()
+    seed = cfg.seeds[0] if seed is None else seed
+    sigma = max(cfg.sigmas) if sigma is None else sigma
+    _, test, other = raw if raw is not None else load_raw(cfg, seed)
+    if other is None:
+        o = atari_data.load_frames(cfg.other_game, cache_dir=cfg.cache_dir,
+                                   progress=cfg.progress, **cfg.data_kwargs(seed + 10_000))
+        other = o.split(cfg.test_episodes)
+    clip = test.select(_window(test, n_frames))
+    n_frames = len(clip)
+    kinds = list(atari_data.DISTRACTORS)
+    fig, axes = plt.subplots(len(kinds), n_frames, figsize=(1.9 * n_frames, 2.0 * len(kinds)),
+                             constrained_layout=True, squeeze=False)
+    for i, kind in enumerate(kinds):
+        x = atari_data.distracted(clip, kind, 0.0 if kind == "none" else sigma, seed=seed + i,
+                                  other=other[1], patch=cfg.patch, cell=cfg.cell, rho=cfg.rho)
+        for j in range(n_frames):
+            ax = axes[i, j]
+            ax.imshow(x[j], cmap="gray", vmin=min(0.0, float(x.min())),
+                      vmax=max(1.0, float(x.max())), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel("clean" if kind == "none" else f"{kind}, σ={sigma:g}", fontsize=9)
+            if i == 0:
+                ax.set_title(f"t+{j}", fontsize=9)
+    fig.suptitle(f"{cfg.game}: {cfg.size}×{cfg.size} frames, frame-skip {cfg.frame_skip}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
