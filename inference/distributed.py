@@ -88,9 +88,7 @@ from torch.distributions import (
 
 from bjepa._validation import (
     check_choice,
-    check_nonnegative_int,
     check_positive,
-    check_positive_int,
 )
 from bjepa.inference.checkpoint import (
     CheckpointError,
@@ -104,7 +102,6 @@ from bjepa.inference.checkpoint import (
 from bjepa.inference.fit import (
     ELBOS,
     MAX_CONSECUTIVE_SKIPS,
-    ON_NONFINITE,
     FusedSVI,
     NonFiniteLossError,
     TrainingHistory,
@@ -116,6 +113,7 @@ from bjepa.inference.fit import (
     _progress,
     _resolve_device,
     _rewind_metrics,
+    check_fit_args,
     make_elbo,
     set_seed,
 )
@@ -603,37 +601,17 @@ def fit_ddp(
     :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
     :raises NonFiniteLossError: on divergence (see ``on_nonfinite``).
     """
-    steps = check_positive_int("steps", steps)
-    lr = check_positive("lr", lr)
     check_choice("elbo", elbo, ELBOS)
     if elbo.startswith("jit"):
         raise ValueError(f"elbo={elbo!r} is not supported by the ddp strategy (a compiled loss "
                          "cannot shard its random draws); use 'meanfield' or 'trace'")
-    check_positive_int("num_particles", num_particles)
-    check_positive_int("log_every", log_every)
-    check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
-    if seed is not None:
-        check_nonnegative_int("seed", seed)
-    if warmup_steps is not None:
-        check_nonnegative_int("warmup_steps", warmup_steps)
-    if checkpoint_every is not None:
-        check_positive_int("checkpoint_every", checkpoint_every)
-    check_positive_int("keep_last", keep_last)
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir (the folder to resume from)")
-    if metrics_tags is not None and not isinstance(metrics_tags, dict):
-        raise TypeError(f"metrics_tags must be a dict, got {type(metrics_tags).__name__}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "check_inputs"):
-        raise TypeError(f"model must be a bjepa world model, got {type(model).__name__}")
-    context, target = model.check_inputs(context, target)
+    steps, lr, context, target, batch_size = check_fit_args(
+        model, context, target, steps=steps, lr=lr, elbo=elbo, num_particles=num_particles,
+        log_every=log_every, on_nonfinite=on_nonfinite, seed=seed, warmup_steps=warmup_steps,
+        checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume,
+        checkpoint_dir=checkpoint_dir, metrics_tags=metrics_tags, callback=callback,
+        batch_size=batch_size)
     n = context.shape[0]
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-        batch_size = None if batch_size >= n else batch_size
 
     ctx = init_distributed(_device_kind(device, model))
     shard = _shards(n, batch_size or n, ctx.world_size)[ctx.rank]

@@ -343,6 +343,50 @@ def _deferred_sigint(enabled: bool) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+
+def check_fit_args(model: Any, context: torch.Tensor, target: torch.Tensor | None, *,
+                   steps: int, lr: float, elbo: str, num_particles: int, log_every: int,
+                   on_nonfinite: str, seed: int | None, warmup_steps: int | None,
+                   checkpoint_every: int | None, keep_last: int, resume: bool,
+                   checkpoint_dir: Any, metrics_tags: Any, callback: Any,
+                   batch_size: int | None) -> tuple[int, float, torch.Tensor,
+                                                    torch.Tensor | None, int | None]:
+    """Validate :func:`fit`'s arguments (shared with the ddp strategy), naming the bad one.
+
+    Returns ``(steps, lr, context, target, batch_size)`` with ``batch_size`` set to ``None``
+    when it covers the whole data set.
+    """
+    steps = check_positive_int("steps", steps)
+    lr = check_positive("lr", lr)
+    check_choice("elbo", elbo, ELBOS)
+    check_positive_int("num_particles", num_particles)
+    check_positive_int("log_every", log_every)
+    check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
+    if seed is not None:
+        check_nonnegative_int("seed", seed)
+    if warmup_steps is not None:
+        check_nonnegative_int("warmup_steps", warmup_steps)
+    if checkpoint_every is not None:
+        check_positive_int("checkpoint_every", checkpoint_every)
+    check_positive_int("keep_last", keep_last)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir (the folder to resume from)")
+    if metrics_tags is not None and not isinstance(metrics_tags, dict):
+        raise TypeError(f"metrics_tags must be a dict, got {type(metrics_tags).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "check_inputs"):
+        raise TypeError(f"model must be a bjepa world model, got {type(model).__name__}")
+    context, target = model.check_inputs(context, target)
+    n = context.shape[0]
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+        batch_size = None if batch_size >= n else batch_size
+    return steps, lr, context, target, batch_size
+
+
 def fit(
     model: Any,
     context: torch.Tensor,
@@ -421,34 +465,13 @@ def fit(
                        metrics_path=metrics_path, metrics_tags=metrics_tags, callback=callback,
                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        keep_last=keep_last, resume=resume, on_nonfinite=on_nonfinite)
-    steps = check_positive_int("steps", steps)
-    lr = check_positive("lr", lr)
-    check_choice("elbo", elbo, ELBOS)
-    check_positive_int("num_particles", num_particles)
-    check_positive_int("log_every", log_every)
-    check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
-    if seed is not None:
-        check_nonnegative_int("seed", seed)
-    if warmup_steps is not None:
-        check_nonnegative_int("warmup_steps", warmup_steps)
-    if checkpoint_every is not None:
-        check_positive_int("checkpoint_every", checkpoint_every)
-    check_positive_int("keep_last", keep_last)
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs checkpoint_dir (the folder to resume from)")
-    if metrics_tags is not None and not isinstance(metrics_tags, dict):
-        raise TypeError(f"metrics_tags must be a dict, got {type(metrics_tags).__name__}")
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-    if not isinstance(model, torch.nn.Module) or not hasattr(model, "check_inputs"):
-        raise TypeError(f"model must be a bjepa world model, got {type(model).__name__}")
-    context, target = model.check_inputs(context, target)
+    steps, lr, context, target, batch_size = check_fit_args(
+        model, context, target, steps=steps, lr=lr, elbo=elbo, num_particles=num_particles,
+        log_every=log_every, on_nonfinite=on_nonfinite, seed=seed, warmup_steps=warmup_steps,
+        checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume,
+        checkpoint_dir=checkpoint_dir, metrics_tags=metrics_tags, callback=callback,
+        batch_size=batch_size)
     n = context.shape[0]
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-        batch_size = None if batch_size >= n else batch_size
     need = int(getattr(model, "min_batch_size", 1))
     if (batch_size or n) < need:
         raise ValueError(
