@@ -403,3 +403,10 @@ def test_quick_run_on_cuda(tmp_path):
                                 cache_dir=str(tmp_path), device="cuda", progress=False)
     rows = exp.run(cfg)
     assert len(rows) == 2 and all(np.isfinite(r["final_loss"]) for r in rows)
+
+
+def test_cli_refuses_resume(tmp_path, capsys):
+    from bjepa.cli import main
+
+    assert main(["atari", "--quick", "--resume", "--out", str(tmp_path / "a")]) == 2
+    assert "--resume is not supported" in capsys.readouterr().err

@@ -46,6 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from bjepa.experiments.atari import run as run_experiment
     from bjepa.runs import RunFolder, default_run_dir
 
+    if getattr(args, "resume", False):
+        raise ValueError("--resume is not supported by atari yet (the frames are cached, so a "
+                         "rerun only repeats training); start a new run in another --out or "
+                         "pass --overwrite")
     overrides = {
         "models": args.models.split(",") if args.models else None, "game": args.game,
         "distractor": args.distractor, "sigmas": args.sigmas, "seeds": args.seeds,
