@@ -86,6 +86,7 @@ from torch.distributions import (
     Normal,
 )
 
+from bjepa._util import progress_bar
 from bjepa._validation import (
     check_choice,
     check_positive,
@@ -110,7 +111,6 @@ from bjepa.inference.fit import (
     _finite_params,
     _is_nonfinite_validation_error,
     _jsonable,
-    _progress,
     _resolve_device,
     _rewind_metrics,
     check_fit_args,
@@ -802,7 +802,8 @@ def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
 
     if rank0 and metrics_path is not None:
         sink = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-    bar = _progress(steps, progress and rank0, type(model).__name__, start_step)
+    bar = progress_bar(steps, progress and rank0, type(model).__name__, leave=False,
+                       initial=start_step)
     t0 = time.perf_counter()
     was_training = model.training
     model.train()

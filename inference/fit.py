@@ -43,6 +43,7 @@ from pyro.infer.abstract_infer import TracePosterior
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
 
+from bjepa._util import progress_bar
 from bjepa._validation import (
     check_choice,
     check_nonnegative_int,
@@ -580,7 +581,7 @@ def _fit(model: Any, context: torch.Tensor, target: torch.Tensor | None,
         saved_at[0] = step
 
     sink = open(metrics_path, "a", encoding="utf-8") if metrics_path else None  # noqa: SIM115
-    bar = _progress(steps, progress, type(model).__name__, start_step)
+    bar = progress_bar(steps, progress, type(model).__name__, leave=False, initial=start_step)
     t0 = time.perf_counter()
     was_training = model.training
     model.train()
@@ -679,9 +680,3 @@ def _check_resume_config(saved: dict[str, Any], now: dict[str, Any], warmup_step
             f"{'; '.join(diff)}. Pass the same arguments or use a fresh checkpoint_dir")
 
 
-def _progress(total: int, enabled: bool, desc: str, initial: int = 0):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)

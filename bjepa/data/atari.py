@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from bjepa._io import atomic_write
+from bjepa._util import progress_bar
 from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 
 __all__ = [
@@ -374,7 +375,8 @@ def generate(game: str | GameSpec = "pong", *, size: int = 48, episodes: int = 1
     addr = np.array(list(spec.labels.values()), dtype=np.int64)
     frames, rams, labels, visible, eps, acts = [], [], [], [], [], []
     screens: list[np.ndarray] = []  # downsampled in batches: one GEMM per batch, not per frame
-    bar = _progress(episodes * max_episode_steps, progress, f"ALE {spec.rom}")
+    bar = progress_bar(episodes * max_episode_steps, progress, f"ALE {spec.rom}", unit="step",
+                       leave=False)
     try:
         for step in rollout(spec, episodes=episodes, max_episode_steps=max_episode_steps,
                             frame_skip=frame_skip, sticky=sticky, noop_max=noop_max, seed=seed):
@@ -516,9 +518,3 @@ def distracted(frames: AtariFrames, kind: str, sigma: float, *, seed: int = 0,
                                                    other=other, **kwargs)
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

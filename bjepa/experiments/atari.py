@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bjepa._util import nanmean, progress_bar
 from bjepa._validation import (
     check_choice,
     check_nonnegative,
@@ -386,8 +387,8 @@ def probe(model: Any, train: AtariSplit, test: AtariSplit, cfg: AtariConfig,
                        hidden=cfg.probe_hidden, steps=cfg.probe_steps, seed=seed)
     for j, name in enumerate(train.label_names):
         out[f"mlp_{name}"] = float(mlp[j])
-    out["linear_r2"] = _nanmean(lin)
-    out["mlp_r2"] = _nanmean(mlp.tolist())
+    out["linear_r2"] = nanmean(lin)
+    out["mlp_r2"] = nanmean(mlp.tolist())
     return out
 
 
@@ -415,7 +416,7 @@ def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
         folder.write_json("config.json", {**asdict(cfg), "encoder": cfg.encoder})
     rows: list[dict[str, Any]] = []
     total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    bar = _progress_bar(total, cfg.progress)
+    bar = progress_bar(total, cfg.progress, "Atari runs", unit="run")
     for seed in cfg.seeds:
         raw = load_raw(cfg, seed)
         if folder is not None and seed == cfg.seeds[0]:
@@ -466,19 +467,6 @@ def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: Atar
                          "channels": list(cfg.channels), "encoder": cfg.encoder,
                          "linear_r2": row["linear_r2"], "mlp_r2": row["mlp_r2"]})
     return row
-
-
-def _progress_bar(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Atari runs", unit="run", dynamic_ncols=True)
-
-
-def _nanmean(values: Any) -> float:
-    arr = np.asarray(values, dtype=float)
-    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
 
 
 def _order(model: str) -> int:
@@ -584,7 +572,7 @@ def plot_r2_by_label(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
         for j, label in enumerate(labels):
             ax = axes[i, j]
             for model in models:
-                m = [_nanmean([r[f"{kind}_{label}"] for r in rows
+                m = [nanmean([r[f"{kind}_{label}"] for r in rows
                                if r["model"] == model and r["sigma"] == s]) for s in sigmas]
                 ax.plot(sigmas, m, "o-", color=_COLORS.get(model), label=model.upper())
             ax.set_title(f"{kind}: {label}", fontsize=9)

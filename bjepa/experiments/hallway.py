@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bjepa._util import progress_bar
 from bjepa._validation import (
     check_nonnegative,
     check_positive,
@@ -342,7 +343,7 @@ def run(cfg: HallwayConfig, folder: RunFolder | None = None) -> list[dict[str, A
     examples: dict[str, dict[str, Any]] = {}
     geometry = None
     total = len(cfg.heads) * len(cfg.seeds)
-    bar = _progress_bar(total, cfg.progress)
+    bar = progress_bar(total, cfg.progress, "hallway runs", unit="run")
     for seed in cfg.seeds:
         train, test = hw.make_split(seed, train_episodes=cfg.train_episodes,
                                     test_episodes=cfg.test_episodes, obs_dim=cfg.obs_dim,
@@ -371,14 +372,6 @@ def run(cfg: HallwayConfig, folder: RunFolder | None = None) -> list[dict[str, A
                          seed=cfg.seeds[0])
         plot_summary(rows, folder.file("hallway_summary.png"))
     return rows
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="hallway runs", unit="run", dynamic_ncols=True)
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

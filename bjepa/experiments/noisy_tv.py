@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bjepa._util import nanmean, progress_bar
 from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.inference import fit
@@ -143,7 +144,7 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
     every = cfg.checkpoint_every or max(cfg.steps // 10, 50)
     rows = []
     total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    bar = _progress_bar(total, cfg.progress)
+    bar = progress_bar(total, cfg.progress, "Noisy TV runs", unit="run")
     for sigma in cfg.sigmas:
         for seed in cfg.seeds:
             train, test = noisy_tv.make_split(sigma, seed, train_steps=cfg.train_steps,
@@ -199,19 +200,6 @@ def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
     return row
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="Noisy TV runs", unit="run", dynamic_ncols=True)
-
-
-def _nanmean(values: Any) -> float:
-    arr = np.asarray(values, dtype=float)
-    return float(arr[np.isfinite(arr)].mean()) if np.isfinite(arr).any() else float("nan")
-
-
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sd, min of the signal and distractor R² per model and σ."""
     out = []
@@ -225,7 +213,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "model": model, "sigma": sigma, "n": len(sel),
             "signal_mean": float(sig.mean()), "signal_sd": float(sig.std(ddof=1))
             if len(sel) > 1 else 0.0, "signal_min": float(sig.min()),
-            "noise_mean": _nanmean(noi),
+            "noise_mean": nanmean(noi),
         })
     return out
 
@@ -261,7 +249,7 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: Any) -> None:
         axes[0].fill_between(x, m - sd, m + sd, color=c, alpha=0.2)
         nm = [r for r in rows if r["model"] == model]
         xs = sorted({r["sigma"] for r in nm})
-        noise = [_nanmean([r["noise_r2"] for r in nm if r["sigma"] == s]) for s in xs]
+        noise = [nanmean([r["noise_r2"] for r in nm if r["sigma"] == s]) for s in xs]
         axes[1].plot(xs, noise, "o-", color=c, label=model.upper())
         if model in PAPER_SIGMA8:
             axes[0].scatter([8.0], [PAPER_SIGMA8[model]], marker="*", s=140, color=c,
