@@ -21,7 +21,7 @@ from bjepa.inference.ema import (
     make_tau_schedule,
 )
 
-__all__ = ["WorldModel", "canonical_directions", "last_linear"]
+__all__ = ["WorldModel", "canonical_directions", "last_linear", "rows"]
 
 _instance_ids = itertools.count()
 
@@ -30,6 +30,12 @@ def to_pyro(module: nn.Module) -> nn.Module:
     """Convert a plain network (recursively) so Pyro tracks its parameters."""
     pyro.nn.module.to_pyro_module_(module)
     return module
+
+
+def rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The rows ``idx`` of ``x`` along dim -2 (the data dim; a leading dim, if any, holds
+    replicas). A full plate's ``arange`` returns ``x`` itself, without a copy."""
+    return x if idx.shape[0] == x.shape[-2] else x.index_select(-2, idx)
 
 
 def last_linear(module: nn.Module) -> nn.Linear:

@@ -43,6 +43,7 @@ from pyro.nn import PyroSample, pyro_method
 from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive_int
+from bjepa.models.base import rows
 from bjepa.models.vjepa import VJEPA
 from bjepa.priors import GaussianPrior, LatentPrior, fuse, make_weight_prior
 
@@ -161,9 +162,9 @@ class BJEPA(VJEPA):
     def model(self, context: torch.Tensor, target: torch.Tensor,
               batch_size: int | None = None) -> None:
         self._draw_weights()
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx:
-            pred = self.predictive_dist(context[idx])
+            pred = self.predictive_dist(rows(context, idx))
             with poutine.scale(scale=self.beta):
                 z_t = pyro.sample("z_target", self.prior_dist(pred.mean))
             pyro.factor("dynamics", pred.log_prob(z_t))
@@ -177,14 +178,14 @@ class BJEPA(VJEPA):
               batch_size: int | None = None) -> None:
         weights = {} if self.weight_guide is None else self.weight_guide(context, target,
                                                                          batch_size)
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx:
             with poutine.scale(scale=self.beta):
-                pyro.sample("z_target", self.target_dist(target[idx]))
+                pyro.sample("z_target", self.target_dist(rows(target, idx)))
             if self.gamma > 0:
                 with poutine.block(), poutine.condition(data=weights):
                     self._draw_weights()
-                    like = self.predictive_dist(context[idx])
+                    like = self.predictive_dist(rows(context, idx))
                 with poutine.scale(scale=self.gamma):
                     pyro.sample("z_struct", like)
 

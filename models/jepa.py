@@ -17,7 +17,7 @@ import torch
 
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import WorldModel, tau_spec, to_pyro, validated_init
+from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 
 __all__ = ["JEPA", "vicreg_loss"]
@@ -25,14 +25,15 @@ __all__ = ["JEPA", "vicreg_loss"]
 
 def vicreg_loss(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor, *,
                 sim: float = 25.0, var: float = 25.0, cov: float = 1.0) -> torch.Tensor:
-    """The VICReg-regularised JEPA loss above (a scalar)."""
-    invariance = (pred - target).pow(2).sum(-1).mean()
-    zc = z - z.mean(0)
-    std = torch.sqrt(zc.var(0) + 1e-4)
-    variance = torch.relu(1.0 - std).mean()
-    c = zc.T @ zc / max(z.shape[0] - 1, 1)
-    off = c - torch.diag(torch.diagonal(c))
-    covariance = off.pow(2).sum() / z.shape[1]
+    """The VICReg-regularised JEPA loss above: a scalar for ``(N, D)`` inputs, one value per
+    leading index for batched inputs ``(..., N, D)`` (rows are dim -2)."""
+    invariance = (pred - target).pow(2).sum(-1).mean(-1)
+    zc = z - z.mean(-2, keepdim=True)
+    std = torch.sqrt(zc.var(-2) + 1e-4)
+    variance = torch.relu(1.0 - std).mean(-1)
+    c = zc.transpose(-1, -2) @ zc / max(z.shape[-2] - 1, 1)
+    off = c - torch.diag_embed(torch.diagonal(c, dim1=-2, dim2=-1))
+    covariance = off.pow(2).sum((-1, -2)) / z.shape[-1]
     return sim * invariance + var * variance + cov * covariance
 
 
@@ -71,15 +72,16 @@ class JEPA(WorldModel):
 
     def model(self, context: torch.Tensor, target: torch.Tensor,
               batch_size: int | None = None) -> None:
-        n = context.shape[0]
-        idx = pyro.plate("data", n, subsample_size=batch_size, device=context.device)
-        with idx as rows:
+        n = context.shape[-2]
+        with pyro.plate("data", n, subsample_size=batch_size, device=context.device) as idx:
             pass
-        pyro.factor("vicreg", -n * self.loss(context[rows], target[rows]))
+        loss = self.loss(rows(context, idx), rows(target, idx))
+        # one factor per replica (shape (R, 1) under a replicas plate at dim -2), else a scalar
+        pyro.factor("vicreg", -n * (loss.unsqueeze(-1) if loss.ndim else loss))
 
     def guide(self, context: torch.Tensor, target: torch.Tensor,
               batch_size: int | None = None) -> None:
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device):
             pass
 

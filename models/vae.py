@@ -20,7 +20,7 @@ from pyro.nn import PyroParam
 from torch.distributions import Distribution, constraints
 
 from bjepa._validation import check_nonnegative, check_positive_int
-from bjepa.models.base import WorldModel, to_pyro
+from bjepa.models.base import WorldModel, rows, to_pyro
 from bjepa.models.encoders import DECODERS, make_encoder
 from bjepa.models.heads import positive_scale
 
@@ -72,18 +72,18 @@ class VAE(WorldModel):
     def model(self, context: torch.Tensor, target: torch.Tensor | None = None,
               batch_size: int | None = None) -> None:
         obs = self._observed(context, target)
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx:
-            loc = context.new_zeros(len(idx), self.latent_dim)
+            loc = context.new_zeros(context.shape[:-2] + (len(idx), self.latent_dim))
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
-            pyro.sample("obs", self.likelihood_dist(z), obs=obs[idx])
+            pyro.sample("obs", self.likelihood_dist(z), obs=rows(obs, idx))
 
     def guide(self, context: torch.Tensor, target: torch.Tensor | None = None,
               batch_size: int | None = None) -> None:
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx, poutine.scale(scale=self.beta):
-            pyro.sample("z", self.posterior_dist(context[idx]))
+            pyro.sample("z", self.posterior_dist(rows(context, idx)))
 
 
 class AutoRegressive(VAE):

@@ -34,7 +34,7 @@ from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive, check_positive_int
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import WorldModel, tau_spec, to_pyro, validated_init
+from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 from bjepa.models.heads import make_head, positive_scale
 
@@ -114,18 +114,18 @@ class VJEPA(WorldModel):
     # -- Pyro program -----------------------------------------------------------------------
     def model(self, context: torch.Tensor, target: torch.Tensor,
               batch_size: int | None = None) -> None:
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx:
-            pred = self.predictive_dist(context[idx])
+            pred = self.predictive_dist(rows(context, idx))
             with poutine.scale(scale=self.beta):
                 z_t = pyro.sample("z_target", self.prior_dist(pred.mean))
             pyro.factor("dynamics", pred.log_prob(z_t))
 
     def guide(self, context: torch.Tensor, target: torch.Tensor,
               batch_size: int | None = None) -> None:
-        with pyro.plate("data", context.shape[0], subsample_size=batch_size,
+        with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx, poutine.scale(scale=self.beta):
-            pyro.sample("z_target", self.target_dist(target[idx]))
+            pyro.sample("z_target", self.target_dist(rows(target, idx)))
 
     # -- public API -------------------------------------------------------------------------
     def predict(self, context: torch.Tensor) -> Distribution:
