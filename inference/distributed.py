@@ -101,7 +101,7 @@ from bjepa.inference.checkpoint import (
     restore_rng_state,
 )
 from bjepa.inference.fit import (
-    ELBOS,
+    ELBO_CHOICES,
     MAX_CONSECUTIVE_SKIPS,
     FusedSVI,
     NonFiniteLossError,
@@ -562,7 +562,7 @@ def fit_ddp(
     batch_size: int | None = None,
     seed: int | None = 0,
     device: str | torch.device | None = None,
-    elbo: str = "meanfield",
+    elbo: str = "auto",
     num_particles: int = 1,
     warmup_steps: int | None = None,
     progress: bool = True,
@@ -601,7 +601,9 @@ def fit_ddp(
     :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
     :raises NonFiniteLossError: on divergence (see ``on_nonfinite``).
     """
-    check_choice("elbo", elbo, ELBOS)
+    check_choice("elbo", elbo, ELBO_CHOICES)
+    if elbo == "auto":  # the compiled form cannot shard its random draws
+        elbo = "meanfield"
     if elbo.startswith("jit"):
         raise ValueError(f"elbo={elbo!r} is not supported by the ddp strategy (a compiled loss "
                          "cannot shard its random draws); use 'meanfield' or 'trace'")

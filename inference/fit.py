@@ -38,7 +38,7 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.abstract_infer import TracePosterior
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
@@ -76,9 +76,14 @@ logger = logging.getLogger(__name__)
 ELBOS: dict[str, type] = {
     "meanfield": TraceMeanField_ELBO,
     "trace": Trace_ELBO,
-    "jit-meanfield": JitTraceMeanField_ELBO,
-    "jit-trace": JitTrace_ELBO,
+    "jit-meanfield": TraceMeanField_ELBO,
+    "jit-trace": Trace_ELBO,
 }
+#: ``elbo="auto"`` (the default): ``"jit-meanfield"`` for a model that can be compiled and runs
+#: at least this many steps (compiling costs about as much as this many eager steps), else
+#: ``"meanfield"``. Both give the same numbers to float rounding (see :mod:`.jit`).
+JIT_MIN_STEPS = 200
+ELBO_CHOICES = ("auto", *ELBOS)
 ON_NONFINITE = ("raise", "skip")
 #: ``fit(strategy=...)``: this process, or DistributedDataParallel across a torchrun job
 STRATEGIES = ("single", "ddp")
@@ -98,14 +103,30 @@ def set_seed(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
-def make_elbo(elbo: str = "meanfield", num_particles: int = 1) -> ELBO:
-    """The Pyro ELBO named ``elbo`` (see :data:`ELBOS`) with ``num_particles`` particles."""
+def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting: int = 1,
+              *, strict: bool = True) -> ELBO:
+    """The Pyro ELBO named ``elbo`` (see :data:`ELBOS`) with ``num_particles`` particles
+    (``max_plate_nesting=2`` for replica stacks: replicas × data). ``"jit-"`` names give a
+    :class:`~bjepa.inference.jit.CompiledELBO`; with ``strict=False`` it falls back to the
+    eager ELBO (logging why) when the program cannot be compiled."""
     check_choice("elbo", elbo, ELBOS)
     check_positive_int("num_particles", num_particles)
-    if elbo.startswith("jit"):
-        return ELBOS[elbo](num_particles=num_particles, vectorize_particles=num_particles > 1,
-                           max_plate_nesting=1, ignore_jit_warnings=True)
-    return ELBOS[elbo](num_particles=num_particles, max_plate_nesting=1)
+    base = ELBOS[elbo](num_particles=num_particles, max_plate_nesting=max_plate_nesting,
+                       vectorize_particles=num_particles > 1 and elbo.startswith("jit-"))
+    if elbo.startswith("jit-"):
+        from bjepa.inference.jit import CompiledELBO
+
+        return CompiledELBO(base, strict=strict)
+    return base
+
+
+def resolve_elbo(elbo: str, model: Any, steps: int) -> str:
+    """The ELBO name ``"auto"`` stands for with this model and step count."""
+    check_choice("elbo", elbo, ELBO_CHOICES)
+    if elbo != "auto":
+        return elbo
+    compile_ok = getattr(model, "jit_safe", True) and steps >= JIT_MIN_STEPS
+    return "jit-meanfield" if compile_ok else "meanfield"
 
 
 class FusedSVI(SVI):
@@ -359,7 +380,7 @@ def check_fit_args(model: Any, context: torch.Tensor, target: torch.Tensor | Non
     """
     steps = check_positive_int("steps", steps)
     lr = check_positive("lr", lr)
-    check_choice("elbo", elbo, ELBOS)
+    check_choice("elbo", elbo, ELBO_CHOICES)
     check_positive_int("num_particles", num_particles)
     check_positive_int("log_every", log_every)
     check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
@@ -396,9 +417,9 @@ def fit(
     steps: int = 1000,
     lr: float = 1e-3,
     batch_size: int | None = None,
-    seed: int | None = 0,
+    seed: int | list[int] | None = 0,
     device: str | torch.device | None = None,
-    elbo: str = "meanfield",
+    elbo: str = "auto",
     num_particles: int = 1,
     warmup_steps: int | None = None,
     progress: bool = True,
@@ -412,11 +433,16 @@ def fit(
     resume: bool = False,
     on_nonfinite: str = "raise",
     strategy: str = "single",
-) -> TrainingHistory:
+    replicas: int | None = None,
+) -> TrainingHistory | list[TrainingHistory]:
     """Train ``model`` on ``(context, target)`` pairs with SVI and Adam.
 
-    :param model: a :class:`bjepa.models.base.WorldModel` (VJEPA, BJEPA, VAE, AR, JEPA).
-    :param context: ``(N, obs_dim)`` context frames ``x_t``.
+    :param model: a :class:`bjepa.models.base.WorldModel` (VJEPA, BJEPA, VAE, AR, JEPA), or a
+        list of ``R`` of them built with the same arguments (different seeds, different data):
+        they train as one batched program (:func:`bjepa.inference.replicas.fit_replicas`) and
+        ``fit`` returns one history per model.
+    :param context: ``(N, obs_dim)`` context frames ``x_t`` (for a list of models:
+        ``(R, N, obs_dim)`` or a list of ``R`` such tensors).
     :param target: ``(N, obs_dim)`` target frames ``x_{t+1}`` (``None`` for the VAE).
     :param steps: total number of optimiser steps (a resumed run trains the remainder).
     :param lr: Adam learning rate.
@@ -426,7 +452,10 @@ def fit(
         resumed run restores the RNG states of its checkpoint instead).
     :param device: moves model and data once before training (data is also cast to the
         model's dtype).
-    :param elbo: ``"meanfield"`` (analytic KL, default), ``"trace"``, or their ``"jit-"`` forms.
+    :param elbo: ``"meanfield"`` (analytic KL), ``"trace"`` (Monte Carlo KL), their compiled
+        ``"jit-"`` forms (:class:`~bjepa.inference.jit.CompiledELBO`, same numbers, less Python
+        overhead per step), or ``"auto"`` (default): ``"jit-meanfield"`` when the model can be
+        compiled and ``steps >= JIT_MIN_STEPS``, else ``"meanfield"``.
     :param warmup_steps: steps during which the encoder is held fixed while predictor and
         variance heads fit (protects a data-initialised encoder from a random head's
         gradients). Default: 10 % of ``steps`` when the model was initialised from data,
@@ -451,12 +480,30 @@ def fit(
         job trains its shard of each global mini-batch and DistributedDataParallel averages the
         gradients (:func:`bjepa.inference.distributed.fit_ddp`; ``batch_size`` is the global
         batch; without ``torchrun`` it trains in this one process). See ``docs/scaling.md``.
+    :param replicas: with a list of models, at most this many are batched at once (default:
+        as many as fit in about 1 GiB); ``seed`` may then be one seed per model.
     :returns: the :class:`TrainingHistory` (for a resumed run, including the earlier records).
     :raises ValueError, TypeError: for bad arguments, naming them.
     :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
     :raises NonFiniteLossError: on divergence (see ``on_nonfinite``).
     """
     check_choice("strategy", strategy, STRATEGIES)
+    if isinstance(model, list | tuple):
+        if strategy != "single" or checkpoint_dir is not None or resume:
+            raise ValueError("a list of models trains as one batched program in this process, "
+                             "without checkpoints: pass strategy='single' and no "
+                             "checkpoint_dir/resume, or fit the models one at a time")
+        from bjepa.inference.replicas import fit_replicas
+
+        return fit_replicas(model, context, target, seed=seed, replicas=replicas, steps=steps,
+                            lr=lr, batch_size=batch_size, device=device, elbo=elbo,
+                            num_particles=num_particles, warmup_steps=warmup_steps,
+                            progress=progress, log_every=log_every, metrics_path=metrics_path,
+                            metrics_tags=metrics_tags, callback=callback,
+                            on_nonfinite=on_nonfinite)
+    if replicas is not None:
+        raise ValueError("replicas= batches a list of models; pass model=[m1, m2, ...] with "
+                         "stacked data, or drop replicas")
     if strategy == "ddp":
         from bjepa.inference.distributed import fit_ddp
 
@@ -506,11 +553,14 @@ def _fit(model: Any, context: torch.Tensor, target: torch.Tensor | None,
          progress: bool, log_every: int, metrics_path: Path | None,
          metrics_tags: dict[str, Any], callback: Callable | None,
          checkpoint_every: int | None, resume: bool, on_nonfinite: str) -> TrainingHistory:
-    n = context.shape[0]
+    # per-observation loss; a replica stack sums R replicas' ELBOs: report their mean
+    n = context.shape[-2] * getattr(model, "num_replicas", 1)
+    requested, elbo = elbo, resolve_elbo(elbo, model, steps)
     config: dict[str, Any] = {
         "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "elbo": elbo,
         "num_particles": num_particles, "log_every": log_every,
-        "checkpoint_every": checkpoint_every, "on_nonfinite": on_nonfinite, "rows": n,
+        "checkpoint_every": checkpoint_every, "on_nonfinite": on_nonfinite,
+        "rows": context.shape[-2],
         "data_sha256": _fingerprint(context, target) if manager else "",
     }
     payload = None
@@ -538,7 +588,8 @@ def _fit(model: Any, context: torch.Tensor, target: torch.Tensor | None,
             warmup_steps = steps // 10 if data_init else 0
     config["warmup_steps"] = warmup_steps
 
-    loss_fn = make_elbo(elbo, num_particles)
+    loss_fn = make_elbo(elbo, num_particles, getattr(model, "max_plate_nesting", 1),
+                        strict=requested != "auto")
     svi = FusedSVI(model.model, model.guide, model.parameters(), loss_fn, lr=lr)
     history = TrainingHistory(elbo=elbo)
     start_step, elapsed = 0, 0.0
@@ -669,8 +720,13 @@ def _check_resume_config(saved: dict[str, Any], now: dict[str, Any], warmup_step
     names = {"rows": "the data's row count", "data_sha256": "the training data",
              "lr": "lr", "batch_size": "batch_size", "elbo": "elbo",
              "num_particles": "num_particles"}
+    def same(key: str) -> bool:  # compiled and eager forms of one ELBO give the same numbers
+        if key == "elbo":
+            return str(saved.get(key)).removeprefix("jit-") == str(now[key]).removeprefix("jit-")
+        return saved.get(key) == now[key]
+
     diff = [f"{label} ({saved.get(key)!r} in the checkpoint, {now[key]!r} now)"
-            for key, label in names.items() if saved.get(key) != now[key]]
+            for key, label in names.items() if not same(key)]
     if warmup_steps is not None and saved.get("warmup_steps") != warmup_steps:
         diff.append(f"warmup_steps ({saved.get('warmup_steps')!r} in the checkpoint, "
                     f"{warmup_steps!r} now)")

@@ -94,6 +94,8 @@ class WorldModel(PyroModule):
     needs_target: bool = True
     #: set by :func:`bjepa.inference.fit` during warm-up: the encoder gets no gradient.
     freeze_encoder: bool = False
+    #: whether ``elbo="auto"`` may compile this model's program (static structure)
+    jit_safe: bool = True
 
     def __init__(self, obs_dim: int, latent_dim: int) -> None:
         super().__init__(name=f"{type(self).__name__.lower()}{next(_instance_ids)}")

@@ -97,6 +97,7 @@ class BJEPA(VJEPA):
             else "custom", guide_init_scale=guide_init_scale)
         self._weight_sites: list[tuple[torch.nn.Module, str, str]] = []
         self.weight_guide = None
+        self.jit_safe = self.weight_prior is None  # autoguides are trained eagerly
         if self.weight_prior is not None:
             self._make_weights_random()
             self._build_weight_guide()

@@ -1,0 +1,180 @@
+"""Train many models of one architecture as one batched SVI program (``fit(models, ...)``).
+
+Each chunk of up to ``replicas`` models is stacked into a
+:class:`~bjepa.models.replicas.ReplicaStack` (parameters with a leading replica dim, a
+``pyro.plate("replicas")``), trained by the same loop as a single model, and copied back. With
+full-batch training each replica follows the trajectory of the same seed trained alone
+(Gaussian guide noise comes from a per-replica generator seeded like the global RNG of a run
+alone; the matrix products are batched, so agreement is to float rounding). With
+``batch_size`` the replicas of a chunk share each step's mini-batch indices (drawn from the
+global RNG seeded with the chunk's first seed): every replica is still trained correctly, but a
+replica whose seed differs from the first no longer matches its run alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bjepa._util import progress_bar
+from bjepa._validation import check_nonnegative_int, check_positive_int
+from bjepa.models.replicas import ReplicaStack, unstack_into
+
+__all__ = ["auto_chunk", "fit_replicas"]
+
+#: default memory budget for one chunk's data and activations (bytes)
+CHUNK_BYTES = 1 << 30
+
+
+def auto_chunk(n_models: int, rows: int, obs_dim: int, *, budget: int = CHUNK_BYTES) -> int:
+    """How many replicas to batch so that data and activations stay within ``budget`` bytes
+    (a coarse estimate: about 16 float32 copies of each replica's ``(rows, obs_dim)`` data)."""
+    per_replica = max(rows * max(obs_dim, 16) * 4 * 16, 1)
+    return max(1, min(n_models, budget // per_replica))
+
+
+def _as_stack(name: str, data: torch.Tensor | Sequence[torch.Tensor] | None,
+              n_models: int) -> torch.Tensor | None:
+    if data is None:
+        return None
+    if isinstance(data, torch.Tensor):
+        if data.ndim != 3:
+            raise ValueError(f"{name} for replicas must be (R, N, obs_dim) or a list of R "
+                             f"(N, obs_dim) tensors, got shape {tuple(data.shape)}")
+        stacked = data
+    else:
+        items = list(data)
+        shapes = {tuple(t.shape) for t in items}
+        if len(shapes) > 1:
+            raise ValueError(f"{name}: every replica needs data of one shape (N, obs_dim), got "
+                             f"{sorted(shapes)}; trim them to a common N")
+        stacked = torch.stack(items)
+    if stacked.shape[0] != n_models:
+        raise ValueError(f"{name} holds {stacked.shape[0]} data sets for {n_models} models")
+    return stacked
+
+
+def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.Tensor],
+                 target: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
+                 seed: int | Sequence[int] | None = 0, replicas: int | None = None,
+                 steps: int = 1000, lr: float = 1e-3, batch_size: int | None = None,
+                 device: str | torch.device | None = None, elbo: str = "auto",
+                 num_particles: int = 1, warmup_steps: int | None = None,
+                 progress: bool = True, log_every: int = 1,
+                 metrics_path: str | Path | None = None,
+                 metrics_tags: dict[str, Any] | None = None,
+                 callback: Callable[[int, dict[str, float]], bool | None] | None = None,
+                 on_nonfinite: str = "raise") -> list[Any]:
+    """Train ``models`` (same class and arguments) on their own data, batched.
+
+    :param models: ``R`` world models, e.g. one per seed and σ.
+    :param context: ``(R, N, obs_dim)`` or a list of ``R`` tensors ``(N, obs_dim)``.
+    :param target: the same for targets (``None`` for the VAE).
+    :param seed: one seed per model (or one for all): replica ``r``'s guide noise is the noise
+        of ``fit(models[r], ..., seed=seed[r])``.
+    :param replicas: at most this many models per batched program (default: as many as fit in
+        about 1 GiB of activations).
+    Other arguments are those of :func:`bjepa.inference.fit` (per replica: ``lr``, ``steps``,
+    ``batch_size``...). Checkpointing and resuming are per model: use ``fit`` one model at a
+    time for them.
+    :returns: one :class:`~bjepa.inference.fit.TrainingHistory` per model. During training the
+        records hold the loss averaged over the chunk's replicas; the last record of each
+        history holds that replica's own final loss.
+    """
+    from bjepa.inference.fit import (
+        _fit,
+        _resolve_device,
+        check_fit_args,
+        make_elbo,
+        resolve_elbo,
+        set_seed,
+    )
+
+    models = list(models)
+    if not models:
+        raise ValueError("models must hold at least one model")
+    r_total = len(models)
+    seeds = [seed] * r_total if seed is None or isinstance(seed, int) else list(seed)
+    if len(seeds) != r_total:
+        raise ValueError(f"seed has {len(seeds)} entries for {r_total} models")
+    for s in seeds:
+        if s is not None:
+            check_nonnegative_int("seed", s)
+    ctx_all = _as_stack("context", context, r_total)
+    tgt_all = _as_stack("target", target, r_total)
+    for i, m in enumerate(models):  # every replica's data against its model, naming it
+        check_fit_args(m, ctx_all[i], None if tgt_all is None else tgt_all[i], steps=steps,
+                       lr=lr, elbo=elbo, num_particles=num_particles, log_every=log_every,
+                       on_nonfinite=on_nonfinite, seed=seeds[i], warmup_steps=warmup_steps,
+                       checkpoint_every=None, keep_last=1, resume=False, checkpoint_dir=None,
+                       metrics_tags=metrics_tags, callback=callback, batch_size=batch_size)
+    n = ctx_all.shape[1]
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+        batch_size = None if batch_size >= n else batch_size
+    chunk = auto_chunk(r_total, n, ctx_all.shape[2]) if replicas is None else \
+        check_positive_int("replicas", replicas)
+    dev = _resolve_device(device, models[0])
+    data_init = getattr(models[0], "init", "random") == "cca" and tgt_all is not None
+    if warmup_steps is None:
+        warmup_steps = steps // 10 if data_init else 0
+
+    histories: list[Any] = []
+    bar = progress_bar(r_total, progress and r_total > chunk, "replica chunks", unit="model")
+    try:
+        for lo in range(0, r_total, chunk):
+            members = models[lo:lo + chunk]
+            for m in members:
+                m.to(dev)
+            dtype = next(members[0].parameters()).dtype
+            ctx = ctx_all[lo:lo + chunk].to(device=dev, dtype=dtype)
+            tgt = None if tgt_all is None else tgt_all[lo:lo + chunk].to(device=dev,
+                                                                          dtype=dtype)
+            if data_init:
+                for i, m in enumerate(members):
+                    m.init_from_data(ctx[i], tgt[i])
+            chunk_seeds = seeds[lo:lo + chunk]
+            stack = ReplicaStack(members, None if None in chunk_seeds else chunk_seeds)
+            if chunk_seeds[0] is not None:
+                set_seed(chunk_seeds[0])
+            hist = _fit(stack, ctx, tgt, None, steps=steps, lr=lr, batch_size=batch_size,
+                        seed=chunk_seeds[0], elbo=elbo, num_particles=num_particles,
+                        warmup_steps=warmup_steps, progress=progress and r_total <= chunk,
+                        log_every=log_every,
+                        metrics_path=Path(metrics_path) if metrics_path else None,
+                        metrics_tags={**(metrics_tags or {}),
+                                      "replicas": f"{lo}-{lo + len(members) - 1}"},
+                        callback=callback, checkpoint_every=None, resume=False,
+                        on_nonfinite=on_nonfinite)
+            unstack_into(stack, members)
+            loss_fn = make_elbo(resolve_elbo(elbo, stack, steps), num_particles)
+            for i, m in enumerate(members):
+                own = _final_loss(loss_fn, m, ctx[i], None if tgt is None else tgt[i],
+                                  chunk_seeds[i])
+                h = type(hist)(records=[dict(rec) for rec in hist.records], elbo=hist.elbo,
+                               seconds=hist.seconds / len(members),
+                               stopped_early=hist.stopped_early,
+                               skipped_steps=hist.skipped_steps)
+                if h.records:
+                    h.records[-1]["loss"] = own
+                histories.append(h)
+            if bar is not None:
+                bar.update(len(members))
+    finally:
+        if bar is not None:
+            bar.close()
+    return histories
+
+
+def _final_loss(loss_fn: Any, model: Any, context: torch.Tensor, target: torch.Tensor | None,
+                seed: int | None) -> float:
+    """One replica's own per-observation negative ELBO after training (its RNG forked)."""
+    with torch.random.fork_rng(devices=[] if context.device.type == "cpu" else [context.device]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        value = float(loss_fn.loss(model.model, model.guide, context, target))
+    return value / context.shape[0] if math.isfinite(value) else value

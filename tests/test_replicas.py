@@ -1,0 +1,148 @@
+"""Replica-vectorised training and the compiled ELBO: same numbers as the plain path."""
+
+import pytest
+import torch
+
+from bjepa.data import noisy_tv
+from bjepa.inference import fit
+from bjepa.inference.fit import resolve_elbo, set_seed
+from bjepa.models import BJEPA, JEPA, VAE, VJEPA, AutoRegressive
+from bjepa.models.replicas import ReplicaStack
+
+CLASSES = {"vjepa": VJEPA, "bjepa": BJEPA, "jepa": JEPA, "vae": VAE, "ar": AutoRegressive}
+SEEDS, SIGMAS = [3, 1, 4], [0.0, 2.0, 8.0]
+
+
+def _data():
+    splits = [noisy_tv.make_split(s, sd, train_steps=300, test_steps=20)[0]
+              for s, sd in zip(SIGMAS, SEEDS, strict=True)]
+    return ([d.obs[:-1].double() for d in splits], [d.obs[1:].double() for d in splits])
+
+
+def _build(cls, seed, **kw):
+    set_seed(seed)
+    return cls(20, 4, **kw).double()
+
+
+def _max_diff(a, b):
+    pairs = list(zip(a.parameters(), b.parameters(), strict=True))
+    if a.target_encoder is not None:
+        pairs += list(zip(a.target_encoder.parameters(), b.target_encoder.parameters(),
+                          strict=True))
+    return max((pa - pb).abs().max().item() for pa, pb in pairs)
+
+
+@pytest.mark.parametrize("name,elbo", [("vjepa", "meanfield"), ("vjepa", "trace"),
+                                       ("bjepa", "meanfield"), ("jepa", "meanfield"),
+                                       ("vae", "meanfield"), ("ar", "trace")])
+def test_batched_training_equals_training_alone(name, elbo):
+    """Each replica ends where the same seed trained alone ends (noise and all)."""
+    cls = CLASSES[name]
+    ctx, tgt = _data()
+    target = None if name == "vae" else tgt
+    alone = []
+    for seed, c, t in zip(SEEDS, ctx, tgt, strict=True):
+        m = _build(cls, seed)
+        fit(m, c, None if name == "vae" else t, steps=25, lr=1e-2, seed=seed, elbo=elbo,
+            progress=False)
+        alone.append(m)
+    batch = [_build(cls, seed) for seed in SEEDS]
+    hists = fit(batch, ctx, target, steps=25, lr=1e-2, seed=SEEDS, elbo=elbo, progress=False)
+    assert len(hists) == len(SEEDS)
+    for a, b in zip(alone, batch, strict=True):
+        assert _max_diff(a, b) < 1e-10
+    # the batch really trained: the parameters moved away from their start
+    fresh = _build(cls, SEEDS[0])
+    assert _max_diff(fresh, batch[0]) > 1e-3
+
+
+def test_chunked_batches_equal_one_batch():
+    ctx, tgt = _data()
+    one = [_build(VJEPA, s) for s in SEEDS]
+    fit(one, ctx, tgt, steps=15, lr=1e-2, seed=SEEDS, progress=False)
+    chunked = [_build(VJEPA, s) for s in SEEDS]
+    fit(chunked, torch.stack(ctx), torch.stack(tgt), steps=15, lr=1e-2, seed=SEEDS,
+        replicas=2, progress=False)
+    for a, b in zip(one, chunked, strict=True):
+        assert _max_diff(a, b) < 1e-10
+
+
+def test_minibatch_replicas_train_and_report_own_losses():
+    ctx, tgt = _data()
+    models = [_build(VJEPA, s) for s in SEEDS]
+    hists = fit(models, ctx, tgt, steps=40, lr=1e-2, seed=SEEDS, batch_size=64,
+                progress=False)
+    finals = [h.final_loss for h in hists]
+    assert all(torch.isfinite(torch.tensor(finals)))
+    assert len(set(finals)) == len(finals)  # each history ends with its replica's own loss
+    z = models[0].encode(ctx[0].double())
+    assert z.shape == (ctx[0].shape[0], 4)
+
+
+def test_replica_errors_name_the_problem():
+    ctx, tgt = _data()
+    with pytest.raises(ValueError, match="same arguments"):
+        ReplicaStack([VJEPA(20, 4), VJEPA(20, 4, beta=0.1)])
+    with pytest.raises(ValueError, match="architecture"):
+        ReplicaStack([VJEPA(20, 4), BJEPA(20, 4)])
+    with pytest.raises(ValueError, match="weight priors"):
+        ReplicaStack([BJEPA(20, 4, weight_prior="normal")] * 2)
+    with pytest.raises(ValueError, match="one shape"):
+        fit([VJEPA(20, 4), VJEPA(20, 4)], [ctx[0], ctx[1][:-5]], [tgt[0], tgt[1][:-5]],
+            steps=2, progress=False)
+    with pytest.raises(ValueError, match="seed has 1 entries"):
+        fit([VJEPA(20, 4), VJEPA(20, 4)], ctx[:2], tgt[:2], seed=[0], steps=2, progress=False)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit([VJEPA(20, 4)], ctx[:1], tgt[:1], steps=2, checkpoint_dir="x", progress=False)
+    with pytest.raises(ValueError, match="replicas= batches a list"):
+        fit(VJEPA(20, 4), ctx[0], tgt[0], steps=2, replicas=4, progress=False)
+    with pytest.raises(ValueError, match="obs_dim|last"):
+        fit([VJEPA(21, 4)], ctx[:1], tgt[:1], steps=2, progress=False)
+
+
+@pytest.mark.parametrize("elbo", ["meanfield", "trace"])
+def test_compiled_elbo_gives_the_eager_numbers(elbo):
+    ctx, tgt = _data()
+    out = {}
+    for variant in (elbo, f"jit-{elbo}"):
+        m = _build(VJEPA, 0)
+        h = fit(m, ctx[1], tgt[1], steps=30, lr=1e-2, elbo=variant, batch_size=64,
+                progress=False)
+        assert h.elbo == variant
+        out[variant] = m
+    assert _max_diff(out[elbo], out[f"jit-{elbo}"]) < 1e-9
+
+
+def test_compiled_elbo_traces_once_per_variant():
+    from bjepa.inference.fit import make_elbo
+
+    ctx, tgt = _data()
+    m = _build(VJEPA, 0)
+    loss = make_elbo("jit-meanfield")
+    for _ in range(5):
+        loss.loss(m.model, m.guide, ctx[0], tgt[0])
+    assert len(loss._compiled_keys) == 1
+    m.freeze_encoder = True  # the warm-up flag is read inside the program: its own graph
+    loss.loss(m.model, m.guide, ctx[0], tgt[0])
+    assert len(loss._compiled_keys) == 2
+
+
+def test_auto_elbo_compiles_long_runs_only():
+    m = VJEPA(20, 4)
+    assert resolve_elbo("auto", m, 1000) == "jit-meanfield"
+    assert resolve_elbo("auto", m, 50) == "meanfield"
+    assert resolve_elbo("auto", BJEPA(20, 4, weight_prior="normal"), 1000) == "meanfield"
+    assert resolve_elbo("trace", m, 1000) == "trace"
+
+
+def test_compiled_training_resumes_exactly(tmp_path):
+    ctx, tgt = _data()
+    full = _build(VJEPA, 0)
+    fit(full, ctx[0], tgt[0], steps=20, lr=1e-2, elbo="jit-meanfield", progress=False)
+    part = _build(VJEPA, 0)
+    fit(part, ctx[0], tgt[0], steps=10, lr=1e-2, elbo="jit-meanfield", progress=False,
+        checkpoint_dir=tmp_path, warmup_steps=2)
+    resumed = _build(VJEPA, 0)
+    fit(resumed, ctx[0], tgt[0], steps=20, lr=1e-2, elbo="jit-meanfield", progress=False,
+        checkpoint_dir=tmp_path, resume=True)
+    assert _max_diff(full, resumed) == 0.0
