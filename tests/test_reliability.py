@@ -657,7 +657,7 @@ def test_cli_refuses_a_folder_another_run_is_writing(tmp_path, capsys):
 
 
 CLI = ["noisy-tv", "--quick", "--models", "vjepa,jepa", "--sigmas", "8", "--seeds", "0-1",
-       "--steps", "30", "--no-progress"]
+       "--replicas", "1", "--steps", "30", "--no-progress"]
 
 
 def test_cli_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch, capsys):

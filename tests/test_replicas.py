@@ -146,3 +146,16 @@ def test_compiled_training_resumes_exactly(tmp_path):
     fit(resumed, ctx[0], tgt[0], steps=20, lr=1e-2, elbo="jit-meanfield", progress=False,
         checkpoint_dir=tmp_path, resume=True)
     assert _max_diff(full, resumed) == 0.0
+
+
+def test_noisy_tv_batched_runs_equal_one_at_a_time():
+    from bjepa.experiments.noisy_tv import NoisyTVConfig, run
+
+    cfg = dict(models=["vjepa", "jepa", "vae"], sigmas=[0.0, 8.0], seeds=[0, 1], steps=30,
+               train_steps=300, test_steps=100, progress=False)
+    batched = run(NoisyTVConfig(**cfg))
+    alone = run(NoisyTVConfig(**cfg, replicas=1))
+    assert [r["replicas"] for r in batched] == [4] * len(batched)  # 2 σ × 2 seeds
+    for b, a in zip(batched, alone, strict=True):
+        assert (b["model"], b["sigma"], b["seed"]) == (a["model"], a["sigma"], a["seed"])
+        assert b["signal_r2"] == pytest.approx(a["signal_r2"], abs=1e-4)

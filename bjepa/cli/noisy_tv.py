@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tau", type=parse_tau, default=None,
                    help="EMA momentum τ in [0,1] or 'cosine' (0.99→1)")
     p.add_argument("--encoder", choices=["linear", "mlp"], default=None)
+    p.add_argument("--replicas", type=int, default=None,
+                   help="runs of one model trained as one batched program (default: as many "
+                        "as fit in ~1 GiB; 1 = one at a time, with periodic training "
+                        "checkpoints for --resume mid-run)")
     p.add_argument("--quick", action="store_true",
                    help="small, fast configuration (σ ∈ {0,4,8}, 2 seeds, 800 steps)")
     add_training_args(p)
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "sigmas": args.sigmas, "seeds": args.seeds, "steps": args.steps, "lr": args.lr,
         "batch_size": args.batch_size, "beta": args.beta, "tau": args.tau,
         "encoder": args.encoder, "device": args.device, "progress": not args.no_progress,
+        "replicas": args.replicas,
     }
     if args.quick:
         cfg = NoisyTVConfig.quick(**overrides)

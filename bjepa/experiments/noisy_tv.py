@@ -51,8 +51,12 @@ class NoisyTVConfig:
     test_steps: int = 2000
     device: str = "cpu"
     progress: bool = True
-    #: steps between training checkpoints of each model run (default: steps // 10, >= 50)
+    #: steps between training checkpoints of each model run (default: steps // 10, >= 50);
+    #: only when models train one at a time (``replicas=1``)
     checkpoint_every: int | None = None
+    #: runs of one model trained as one batched program (:func:`bjepa.inference.fit` with a
+    #: list of models): ``None`` = as many as fit in memory, ``1`` = one at a time
+    replicas: int | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> NoisyTVConfig:
@@ -75,6 +79,8 @@ class NoisyTVConfig:
         check_nonnegative("beta", self.beta)
         if self.checkpoint_every is not None:
             check_positive_int("checkpoint_every", self.checkpoint_every)
+        if self.replicas is not None:
+            check_positive_int("replicas", self.replicas)
         return self
 
 
@@ -130,58 +136,120 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
         resume: bool = False) -> list[dict[str, Any]]:
     """Train and probe every model × σ × seed; returns one row per run.
 
-    With a ``folder``, each model run keeps training checkpoints in
-    ``checkpoints/<model>-sigma<σ>-seed<seed>/`` while it trains and ends with the model
-    checkpoint ``checkpoints/<model>-sigma<σ>-seed<seed>.pt`` holding its results row. With
-    ``resume=True``, finished runs are read back from those files and unfinished ones continue
-    from their newest training checkpoint (bit for bit on CPU).
+    By default all (σ, seed) runs of a model train as one batched program (replicas; each
+    ends where it would end trained alone, see :mod:`bjepa.inference.replicas`). With a
+    ``folder``, each finished run is saved as the model checkpoint
+    ``checkpoints/<model>-sigma<σ>-seed<seed>.pt`` holding its results row; ``resume=True``
+    reads finished runs back and trains the rest. With ``cfg.replicas == 1`` models train one
+    at a time and also keep periodic training checkpoints in
+    ``checkpoints/<model>-sigma<σ>-seed<seed>/``, so an interrupted run continues from its
+    newest step (bit for bit on CPU).
     """
     cfg.validate()
     if resume and folder is None:
         raise ValueError("resume=True needs a run folder")
     if folder is not None:
         folder.write_json("config.json", asdict(cfg))
-    every = cfg.checkpoint_every or max(cfg.steps // 10, 50)
-    rows = []
     total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
     bar = progress_bar(total, cfg.progress, "Noisy TV runs", unit="run")
-    for sigma in cfg.sigmas:
-        for seed in cfg.seeds:
+    splits: dict[tuple[float, int], tuple[noisy_tv.NoisyTV, noisy_tv.NoisyTV]] = {}
+
+    def split(sigma: float, seed: int) -> tuple[noisy_tv.NoisyTV, noisy_tv.NoisyTV]:
+        if (sigma, seed) not in splits:
             train, test = noisy_tv.make_split(sigma, seed, train_steps=cfg.train_steps,
                                               test_steps=cfg.test_steps)
-            train, test = train.to(cfg.device), test.to(cfg.device)
+            splits[sigma, seed] = train.to(cfg.device), test.to(cfg.device)
+        return splits[sigma, seed]
+
+    done: dict[tuple[str, float, int], dict[str, Any]] = {}
+
+    def finish(row: dict[str, Any]) -> None:
+        done[row["model"], row["sigma"], row["seed"]] = row
+        if bar is not None:
+            bar.set_postfix_str(f"{row['model']} σ={row['sigma']:g} seed={row['seed']} "
+                                f"signal R²={row['signal_r2']:.3f}")
+            bar.update(1)
+        logger.info("[%d/%d] %s σ=%g seed=%d signal R²=%.3f noise R²=%.3f (%.1fs)",
+                    len(done), total, row["model"], row["sigma"], row["seed"],
+                    row["signal_r2"], row["noise_r2"], row["train_seconds"])
+
+    pending: dict[str, list[tuple[float, int]]] = {name: [] for name in cfg.models}
+    for sigma in cfg.sigmas:  # one at a time: σ, then seed, then model
+        for seed in cfg.seeds:
             for name in cfg.models:
-                key = f"{name}-sigma{sigma:g}-seed{seed}"
-                final = folder.file(f"checkpoints/{key}.pt") if folder else None
-                ckdir = folder.file(f"checkpoints/{key}") if folder else None
+                final = _final_path(folder, name, sigma, seed)
                 row = _finished_row(final) if resume and final.exists() else None
                 if row is not None:
-                    logger.info("resume: %s already finished, keeping its results", key)
+                    logger.info("resume: %s already finished, keeping its results", final.stem)
+                    finish(row)
+                elif cfg.replicas == 1:
+                    finish(_train_one(name, sigma, seed, cfg, *split(sigma, seed), folder,
+                                      resume))
                 else:
-                    if ckdir is not None and not resume:
-                        shutil.rmtree(ckdir, ignore_errors=True)
-                    row = _train_one(name, sigma, seed, cfg, train, test, folder, final, ckdir,
-                                     every, resume)
-                rows.append(row)
-                if bar is not None:
-                    bar.set_postfix_str(f"{name} σ={sigma:g} seed={seed} "
-                                        f"signal R²={row['signal_r2']:.3f}")
-                    bar.update(1)
-                logger.info("[%d/%d] %s σ=%g seed=%d signal R²=%.3f noise R²=%.3f (%.1fs)",
-                            len(rows), total, name, sigma, seed, row["signal_r2"],
-                            row["noise_r2"], row["train_seconds"])
+                    pending[name].append((sigma, seed))
+    for name, runs in pending.items():  # batched: all runs of one model together
+        if runs:
+            _train_batched(name, runs, cfg, split, folder, finish)
     if bar is not None:
         bar.close()
+    rows = [done[name, sigma, seed] for sigma in cfg.sigmas for seed in cfg.seeds
+            for name in cfg.models]
     if folder is not None:
         folder.write_rows("results", rows)
         plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
     return rows
 
 
+def _final_path(folder: RunFolder | None, name: str, sigma: float, seed: int) -> Any:
+    return folder.file(f"checkpoints/{name}-sigma{sigma:g}-seed{seed}.pt") if folder else None
+
+
+def _save_run(folder: RunFolder | None, model: Any, row: dict[str, Any],
+              cfg: NoisyTVConfig) -> None:
+    if folder is None:
+        return
+    save_checkpoint(_final_path(folder, row["model"], row["sigma"], row["seed"]), model,
+                    meta={"model": row["model"], "sigma": row["sigma"], "seed": row["seed"],
+                          "data": "noisy_tv", "train_steps": cfg.train_steps,
+                          "test_steps": cfg.test_steps, "row": row})
+
+
+def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
+                   split: Any, folder: RunFolder | None, finish: Any) -> None:
+    """Train the (σ, seed) ``runs`` of model ``name`` as replicas, chunk by chunk."""
+    from bjepa.inference.replicas import auto_chunk
+
+    n_rows = cfg.train_steps - 1
+    chunk = cfg.replicas or auto_chunk(len(runs), n_rows, 20)
+    for lo in range(0, len(runs), chunk):
+        part = runs[lo:lo + chunk]
+        models = []
+        for sigma, seed in part:
+            set_seed(seed)
+            models.append(build_model(name, split(sigma, seed)[0].obs.shape[1], cfg))
+        trains = [split(sigma, seed)[0] for sigma, seed in part]
+        hists = fit(models, [t.obs[:-1] for t in trains], [t.obs[1:] for t in trains],
+                    steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                    seed=[seed for _, seed in part], device=cfg.device, progress=False,
+                    log_every=max(cfg.steps // 100, 1),
+                    metrics_path=folder.metrics_path if folder else None,
+                    metrics_tags={"model": name}, replicas=chunk)
+        for (sigma, seed), model, hist in zip(part, models, hists, strict=True):
+            row = {"model": name, "sigma": sigma, "seed": seed,
+                   **probe(model, *split(sigma, seed)), "final_loss": hist.final_loss,
+                   "train_seconds": round(hist.seconds, 3), "replicas": len(part)}
+            _save_run(folder, model, row, cfg)
+            finish(row)
+
+
 def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
                train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV, folder: RunFolder | None,
-               final: Any, ckdir: Any, every: int, resume: bool) -> dict[str, Any]:
+               resume: bool) -> dict[str, Any]:
     """Train, probe and (with a folder) checkpoint one model run; returns its results row."""
+    every = cfg.checkpoint_every or max(cfg.steps // 10, 50)
+    ckdir = folder.file(f"checkpoints/{name}-sigma{sigma:g}-seed{seed}") if folder else None
+    if ckdir is not None and not resume:
+        shutil.rmtree(ckdir, ignore_errors=True)
     set_seed(seed)
     model = build_model(name, train.obs.shape[1], cfg)
     hist = fit(model, train.obs[:-1], train.obs[1:], steps=cfg.steps, lr=cfg.lr,
@@ -191,11 +259,10 @@ def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
                metrics_tags={"model": name, "sigma": sigma, "seed": seed},
                checkpoint_dir=ckdir, checkpoint_every=every, keep_last=2, resume=resume)
     row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
-           "final_loss": hist.final_loss, "train_seconds": round(hist.seconds, 3)}
-    if folder is not None:
-        save_checkpoint(final, model, meta={"model": name, "sigma": sigma, "seed": seed,
-                                            "data": "noisy_tv", "train_steps": cfg.train_steps,
-                                            "test_steps": cfg.test_steps, "row": row})
+           "final_loss": hist.final_loss, "train_seconds": round(hist.seconds, 3),
+           "replicas": 1}
+    _save_run(folder, model, row, cfg)
+    if ckdir is not None:
         shutil.rmtree(ckdir, ignore_errors=True)  # the model checkpoint now stands for it
     return row
 
