@@ -11,7 +11,8 @@ Reliability (see ``docs/reliability.md``):
 
 - ``checkpoint_dir=`` keeps training checkpoints (model, guide, EMA target, optimiser, step,
   RNG states, config, metrics) written atomically; ``resume=True`` continues from the newest
-  one, and on CPU ``N`` steps + resume + ``N`` steps equals ``2N`` steps bit for bit.
+  one, and on CPU ``N`` steps + resume + ``N`` steps equals ``2N`` steps bit for bit (with an
+  eager ELBO; the compiled one agrees to float rounding).
 - a non-finite loss or gradient raises :class:`NonFiniteLossError` naming the step and the last
   good checkpoint, or skips the step with ``on_nonfinite="skip"`` (counted in the metrics).
 - Ctrl-C is deferred to the end of the current step; a checkpoint is written, the metrics are

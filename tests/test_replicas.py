@@ -145,7 +145,8 @@ def test_compiled_training_resumes_exactly(tmp_path):
     resumed = _build(VJEPA, 0)
     fit(resumed, ctx[0], tgt[0], steps=20, lr=1e-2, elbo="jit-meanfield", progress=False,
         checkpoint_dir=tmp_path, resume=True)
-    assert _max_diff(full, resumed) == 0.0
+    # eager ELBOs resume bit for bit (test_reliability); a re-traced graph agrees to rounding
+    assert _max_diff(full, resumed) < 1e-12
 
 
 def test_noisy_tv_batched_runs_equal_one_at_a_time():
