@@ -153,6 +153,7 @@ def test_noisy_tv_batched_runs_equal_one_at_a_time():
     from bjepa.experiments.noisy_tv import NoisyTVConfig, run
 
     cfg = dict(models=["vjepa", "jepa", "vae"], sigmas=[0.0, 8.0], seeds=[0, 1], steps=30,
+               batch_size=None,  # full batch: mini-batch replicas share their indices
                train_steps=300, test_steps=100, progress=False)
     batched = run(NoisyTVConfig(**cfg))
     alone = run(NoisyTVConfig(**cfg, replicas=1))
