@@ -11,6 +11,7 @@ from bjepa.models.replicas import ReplicaStack
 
 CLASSES = {"vjepa": VJEPA, "bjepa": BJEPA, "jepa": JEPA, "vae": VAE, "ar": AutoRegressive}
 SEEDS, SIGMAS = [3, 1, 4], [0.0, 2.0, 8.0]
+JIT_STEPS = 200  # elbo="auto" compiles runs this long
 
 
 def _data():
@@ -161,3 +162,26 @@ def test_noisy_tv_batched_runs_equal_one_at_a_time():
     for b, a in zip(batched, alone, strict=True):
         assert (b["model"], b["sigma"], b["seed"]) == (a["model"], a["sigma"], a["seed"])
         assert b["signal_r2"] == pytest.approx(a["signal_r2"], abs=1e-4)
+
+
+@pytest.mark.cuda
+def test_single_and_batched_training_on_cuda():
+    ctx, tgt = _data()
+    ctx, tgt = [c.float() for c in ctx], [t.float() for t in tgt]
+    m = VJEPA(20, 4)
+    hist = fit(m, ctx[0], tgt[0], steps=JIT_STEPS, device="cuda", progress=False)
+    assert hist.elbo == "jit-meanfield" and next(m.parameters()).is_cuda
+    assert m.predict(ctx[0].cuda()).mean.is_cuda
+    alone = []
+    for seed, c, t in zip(SEEDS, ctx, tgt, strict=True):
+        set_seed(seed)
+        a = VJEPA(20, 4)
+        fit(a, c, t, steps=20, lr=1e-2, seed=seed, device="cuda", progress=False)
+        alone.append(a)
+    batch = []
+    for seed in SEEDS:
+        set_seed(seed)
+        batch.append(VJEPA(20, 4))
+    fit(batch, ctx, tgt, steps=20, lr=1e-2, seed=SEEDS, device="cuda", progress=False)
+    for a, b in zip(alone, batch, strict=True):
+        assert _max_diff(a, b) < 1e-4

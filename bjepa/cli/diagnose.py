@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=0.03,
                    help="coverage deviation accepted as calibrated (default 0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed for the posterior draws")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(func=run)
 
 
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     results = diagnose_run(args.run_dir, checkpoint=args.checkpoint, out=args.out,
                            split=args.split, num_samples=args.num_samples,
                            max_rows=args.max_rows, seed=args.seed,
-                           psis_particles=args.psis_particles, tolerance=args.tolerance)
+                           psis_particles=args.psis_particles, tolerance=args.tolerance,
+                           device=args.device)
     print(format_summary(summary_rows(results)))
     for diag, _ in results:
         if diag.reasons:

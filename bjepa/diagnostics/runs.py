@@ -132,8 +132,10 @@ def _check_settings(num_samples: int, max_rows: int | None, psis_particles: int,
 
 def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: int = 100,
                         max_rows: int | None = None, seed: int | None = 0,
-                        psis_particles: int = 1000, tolerance: float = 0.03) -> Diagnosis:
-    """Load one checkpoint, rebuild its held-out data from ``meta`` and diagnose it."""
+                        psis_particles: int = 1000, tolerance: float = 0.03,
+                        device: str | torch.device = "cpu") -> Diagnosis:
+    """Load one checkpoint, rebuild its held-out data from ``meta`` and diagnose it on
+    ``device`` (model and data are moved there once)."""
     from bjepa.inference.checkpoint import CheckpointError, load_checkpoint, load_model
 
     path = Path(path)
@@ -153,22 +155,30 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
         raise ValueError(f"checkpoint {path.name} was trained on {kind!r} data, which "
                          f"`bjepa diagnose` cannot rebuild (known: {sorted(DATA_LOADERS)}); "
                          "register a loader with bjepa.diagnostics.register_data_loader")
+    from bjepa.inference.fit import _resolve_device
+
     try:
         model = load_model(path)
     except CheckpointError as err:
         raise ValueError(f"cannot rebuild the model in {path.name}: {err}") from err
+    dev = _resolve_device(device, model)
+    model.to(dev)
     data = DATA_LOADERS[kind](meta, split)
-    context, target = data.context, data.target
-    state = data.true_state
+
+    def moved(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(dev)
+
+    context, target, state = moved(data.context), moved(data.target), moved(data.true_state)
     if max_rows is not None:
         context, target = context[:max_rows], target[:max_rows]
         state = None if state is None else state[:max_rows]
     probe_train = None
     if state is not None and data.probe_frames is not None and view_of(model).kind == "latent":
         with torch.no_grad():
-            z = model.target_dist(data.probe_frames).mean if hasattr(model, "target_dist") \
-                else model.encode_target(data.probe_frames)
-        probe_train = (z, data.probe_state)
+            frames = moved(data.probe_frames)
+            z = model.target_dist(frames).mean if hasattr(model, "target_dist") \
+                else model.encode_target(frames)
+        probe_train = (z, moved(data.probe_state))
     else:
         state = None
     info = {k: v for k, v in meta.items() if isinstance(v, int | float | str | bool)}
@@ -183,7 +193,8 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
 def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
                  out: str | Path | None = None, split: str = "test", num_samples: int = 100,
                  max_rows: int | None = None, seed: int | None = 0, psis_particles: int = 1000,
-                 tolerance: float = 0.03) -> list[tuple[Diagnosis, dict[str, Path]]]:
+                 tolerance: float = 0.03, device: str | torch.device = "cpu"
+                 ) -> list[tuple[Diagnosis, dict[str, Path]]]:
     """Diagnose every model checkpoint of ``run_dir`` (or the one named ``checkpoint``).
 
     :param run_dir: a run folder, or one ``.pt`` checkpoint file.
@@ -191,6 +202,7 @@ def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
     :param out: output folder (default ``RUN_DIR/diagnostics``); one sub-folder per checkpoint.
     :param split: ``"test"`` (held-out, default) or ``"train"``.
     :param max_rows: diagnose only the first ``max_rows`` pairs.
+    :param device: where models and data go (``"cpu"`` or ``"cuda"``).
     :returns: ``[(diagnosis, files written)]`` in checkpoint order.
     """
     check_choice("split", split, ["test", "train"])
@@ -206,7 +218,8 @@ def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
         logger.info("diagnosing %s", path.name)
         diag = diagnose_checkpoint(path, split=split, num_samples=num_samples,
                                    max_rows=max_rows, seed=seed,
-                                   psis_particles=psis_particles, tolerance=tolerance)
+                                   psis_particles=psis_particles, tolerance=tolerance,
+                                   device=device)
         results.append((diag, write_diagnosis(diag, out_dir / path.stem)))
     _write_summary(results, out_dir)
     return results
