@@ -185,3 +185,39 @@ def test_single_and_batched_training_on_cuda():
     fit(batch, ctx, tgt, steps=20, lr=1e-2, seed=SEEDS, device="cuda", progress=False)
     for a, b in zip(alone, batch, strict=True):
         assert _max_diff(a, b) < 1e-4
+
+
+def _compile_cases():
+    from bjepa.models import ActionVJEPA
+
+    def action():
+        m = ActionVJEPA(6, 3, action_dim=2)
+        x, u = torch.randn(201, 6), torch.randn(200, 2)
+        return m, m.pack(x[:-1], u), x[1:]
+
+    def conv():
+        m = VJEPA(2 * 20 * 20, 3, encoder="conv", hidden_dim=16)
+        x = torch.randn(41, 2 * 20 * 20)
+        return m, x[:-1], x[1:]
+
+    def head(name):
+        def make():
+            m = VJEPA(8, 2, encoder="mlp", head=name, hidden_dim=16)
+            x = torch.randn(201, 8)
+            return m, x[:-1], x[1:]
+        return make
+
+    return {"mdn": head("mdn"), "full": head("full"), "action": action, "conv": conv}
+
+
+@pytest.mark.parametrize("case", ["mdn", "full", "action", "conv"])
+def test_compiled_elbo_matches_eager_across_model_families(case):
+    """elbo='auto' compiles every model of 200+ steps: check other heads and encoders."""
+    make = _compile_cases()[case]
+    out = []
+    for elbo in ("meanfield", "jit-meanfield"):
+        set_seed(0)
+        m, c, t = make()
+        fit(m, c, t, steps=12, lr=1e-2, elbo=elbo, batch_size=32, progress=False)
+        out.append(m)
+    assert _max_diff(*out) < 1e-4
