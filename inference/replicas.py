@@ -2,13 +2,11 @@
 
 Each chunk of up to ``replicas`` models is stacked into a
 :class:`~bjepa.models.replicas.ReplicaStack` (parameters with a leading replica dim, a
-``pyro.plate("replicas")``), trained by the same loop as a single model, and copied back. With
-full-batch training each replica follows the trajectory of the same seed trained alone
-(Gaussian guide noise comes from a per-replica generator seeded like the global RNG of a run
-alone; the matrix products are batched, so agreement is to float rounding). With
-``batch_size`` the replicas of a chunk share each step's mini-batch indices (drawn from the
-global RNG seeded with the chunk's first seed): every replica is still trained correctly, but a
-replica whose seed differs from the first no longer matches its run alone.
+``pyro.plate("replicas")``), trained by the same loop as a single model, and copied back. Each
+replica follows the trajectory of the same seed trained alone, full-batch or mini-batch: its
+mini-batch rows and its Gaussian guide noise come from a per-replica generator seeded like the
+global RNG of a run alone, drawn in the same order; the matrix products are batched, so the
+agreement is to float rounding.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.nn import PyroModule
 from pyro.nn.module import _Context
 from pyro.poutine.messenger import Messenger
@@ -215,6 +216,8 @@ class ReplicaStack(PyroModule):
                              "models")
         #: per-replica generators, made on the data's device at the first guide call
         self.generators: list[torch.Generator] | None = None
+        #: the mini-batch the guide drew for the model of the same ELBO evaluation
+        self._pending: tuple[torch.Tensor, torch.Tensor | None, float] | None = None
 
     # the warm-up flag and the EMA hook act on the batched member
     @property
@@ -250,9 +253,31 @@ class ReplicaStack(PyroModule):
                              f"{tuple(context.shape)} and {tuple(target.shape)}")
         return context, target
 
+    def _minibatch(self, context: torch.Tensor, target: torch.Tensor | None,
+                   batch_size: int | None) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """Each replica's own mini-batch (rows drawn like ``pyro.plate(subsample_size=...)``
+        does alone, from the replica's generator) and the ELBO scale ``N / B``."""
+        n = context.shape[-2]
+        if batch_size is None or batch_size >= n or self.generators is None:
+            return context, target, 1.0
+        idx = torch.stack([torch.randperm(n, generator=g, device=context.device)[:batch_size]
+                           for g in self.generators])
+        flat = (idx + n * torch.arange(self.num_replicas, device=idx.device)[:, None]).reshape(-1)
+
+        def take(x: torch.Tensor) -> torch.Tensor:  # rows of a contiguous (R, N, D) tensor
+            return x.reshape(-1, x.shape[-1]).index_select(0, flat).reshape(
+                self.num_replicas, batch_size, x.shape[-1])
+
+        return take(context), None if target is None else take(target), n / batch_size
+
     def model(self, context: torch.Tensor, target: torch.Tensor | None = None,
               batch_size: int | None = None) -> None:
-        with pyro.plate("replicas", self.num_replicas, dim=-2):
+        if self._pending is not None:  # the guide (run first by every ELBO) drew the batch
+            (context, target, scale), self._pending = self._pending, None
+            batch_size = None
+        else:
+            scale = 1.0
+        with pyro.plate("replicas", self.num_replicas, dim=-2), poutine.scale(scale=scale):
             self.inner.model(context, target, batch_size)
 
     def guide(self, context: torch.Tensor, target: torch.Tensor | None = None,
@@ -260,10 +285,16 @@ class ReplicaStack(PyroModule):
         if self.seeds is not None and self.generators is None:
             self.generators = [torch.Generator(device=context.device).manual_seed(s)
                                for s in self.seeds]
+        scale = 1.0
+        if self.generators is not None and batch_size is not None:
+            context, target, scale = self._minibatch(context, target, batch_size)
+            self._pending = (context, target, scale)
+            batch_size = None
         # outside the plate: messengers see a site innermost-first, so the noise is drawn
         # after the replicas plate has broadcast the distribution to (R, ...)
         noise = ReplicaNoise(self.generators) if self.generators else contextlib.nullcontext()
-        with noise, pyro.plate("replicas", self.num_replicas, dim=-2):
+        with noise, pyro.plate("replicas", self.num_replicas, dim=-2), \
+                poutine.scale(scale=scale):
             self.inner.guide(context, target, batch_size)
 
 

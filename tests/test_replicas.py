@@ -33,11 +33,12 @@ def _max_diff(a, b):
     return max((pa - pb).abs().max().item() for pa, pb in pairs)
 
 
-@pytest.mark.parametrize("name,elbo", [("vjepa", "meanfield"), ("vjepa", "trace"),
-                                       ("bjepa", "meanfield"), ("jepa", "meanfield"),
-                                       ("vae", "meanfield"), ("ar", "trace")])
-def test_batched_training_equals_training_alone(name, elbo):
-    """Each replica ends where the same seed trained alone ends (noise and all)."""
+@pytest.mark.parametrize("name,elbo,batch_size", [
+    ("vjepa", "meanfield", None), ("vjepa", "trace", 64), ("bjepa", "meanfield", 64),
+    ("jepa", "meanfield", None), ("jepa", "meanfield", 64), ("vae", "meanfield", 64),
+    ("ar", "trace", None)])
+def test_batched_training_equals_training_alone(name, elbo, batch_size):
+    """Each replica ends where the same seed trained alone ends (noise, mini-batches, all)."""
     cls = CLASSES[name]
     ctx, tgt = _data()
     target = None if name == "vae" else tgt
@@ -45,10 +46,11 @@ def test_batched_training_equals_training_alone(name, elbo):
     for seed, c, t in zip(SEEDS, ctx, tgt, strict=True):
         m = _build(cls, seed)
         fit(m, c, None if name == "vae" else t, steps=25, lr=1e-2, seed=seed, elbo=elbo,
-            progress=False)
+            batch_size=batch_size, progress=False)
         alone.append(m)
     batch = [_build(cls, seed) for seed in SEEDS]
-    hists = fit(batch, ctx, target, steps=25, lr=1e-2, seed=SEEDS, elbo=elbo, progress=False)
+    hists = fit(batch, ctx, target, steps=25, lr=1e-2, seed=SEEDS, elbo=elbo,
+                batch_size=batch_size, progress=False)
     assert len(hists) == len(SEEDS)
     for a, b in zip(alone, batch, strict=True):
         assert _max_diff(a, b) < 1e-10
@@ -154,7 +156,7 @@ def test_noisy_tv_batched_runs_equal_one_at_a_time():
     from bjepa.experiments.noisy_tv import NoisyTVConfig, run
 
     cfg = dict(models=["vjepa", "jepa", "vae"], sigmas=[0.0, 8.0], seeds=[0, 1], steps=30,
-               batch_size=None,  # full batch: mini-batch replicas share their indices
+               batch_size=64,
                train_steps=300, test_steps=100, progress=False)
     batched = run(NoisyTVConfig(**cfg))
     alone = run(NoisyTVConfig(**cfg, replicas=1))
