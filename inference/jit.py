@@ -135,8 +135,7 @@ class CompiledELBO(ELBO):
                 self.fallen_back = True
                 return self.base.differentiable_loss(model, guide, *args, **kwargs)
             self._compiled_keys.add(key)
-        with torch.jit.optimized_execution(False):
-            return self._fn(*args, **keyed)
+        return self._fn(*args, **keyed)
 
     def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
         return self.base._get_trace(model, guide, args, kwargs)

@@ -220,6 +220,10 @@ def test_compiled_elbo_matches_eager_across_model_families(case):
     for elbo in ("meanfield", "jit-meanfield"):
         set_seed(0)
         m, c, t = make()
-        fit(m, c, t, steps=12, lr=1e-2, elbo=elbo, batch_size=32, progress=False)
+        m.double()  # float64: Adam turns float32 rounding in near-zero gradients into lr steps
+        fit(m, c.double(), t.double(), steps=12, lr=1e-2, elbo=elbo, batch_size=32,
+            progress=False)
         out.append(m)
-    assert _max_diff(*out) < 1e-4
+    # the optimised TorchScript graph may pick other convolution kernels: their rounding, turned
+    # into Adam steps on near-zero gradients, stays far below one step (lr = 1e-2)
+    assert _max_diff(*out) < (1e-3 if case == "conv" else 1e-8)
