@@ -435,6 +435,7 @@ def fit(
     on_nonfinite: str = "raise",
     strategy: str = "single",
     replicas: int | None = None,
+    replica_batches: str = "own",
 ) -> TrainingHistory | list[TrainingHistory]:
     """Train ``model`` on ``(context, target)`` pairs with SVI and Adam.
 
@@ -483,6 +484,8 @@ def fit(
         batch; without ``torchrun`` it trains in this one process). See ``docs/scaling.md``.
     :param replicas: with a list of models, at most this many are batched at once (default:
         as many as fit in about 1 GiB); ``seed`` may then be one seed per model.
+    :param replica_batches: with a list of models and ``batch_size``: ``"own"`` mini-batches
+        per model (each matches its run alone) or ``"shared"`` (one draw per step, faster).
     :returns: the :class:`TrainingHistory` (for a resumed run, including the earlier records).
     :raises ValueError, TypeError: for bad arguments, naming them.
     :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
@@ -501,10 +504,10 @@ def fit(
                             num_particles=num_particles, warmup_steps=warmup_steps,
                             progress=progress, log_every=log_every, metrics_path=metrics_path,
                             metrics_tags=metrics_tags, callback=callback,
-                            on_nonfinite=on_nonfinite)
-    if replicas is not None:
-        raise ValueError("replicas= batches a list of models; pass model=[m1, m2, ...] with "
-                         "stacked data, or drop replicas")
+                            on_nonfinite=on_nonfinite, replica_batches=replica_batches)
+    if replicas is not None or replica_batches != "own":
+        raise ValueError("replicas= and replica_batches= batch a list of models; pass "
+                         "model=[m1, m2, ...] with stacked data, or drop them")
     if strategy == "ddp":
         from bjepa.inference.distributed import fit_ddp
 

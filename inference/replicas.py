@@ -66,7 +66,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
                  metrics_path: str | Path | None = None,
                  metrics_tags: dict[str, Any] | None = None,
                  callback: Callable[[int, dict[str, float]], bool | None] | None = None,
-                 on_nonfinite: str = "raise") -> list[Any]:
+                 on_nonfinite: str = "raise", replica_batches: str = "own") -> list[Any]:
     """Train ``models`` (same class and arguments) on their own data, batched.
 
     :param models: ``R`` world models, e.g. one per seed and σ.
@@ -76,6 +76,9 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         of ``fit(models[r], ..., seed=seed[r])``.
     :param replicas: at most this many models per batched program (default: as many as fit in
         about 1 GiB of activations).
+    :param replica_batches: with ``batch_size``: ``"own"`` (each replica's own rows, so it
+        matches its run alone) or ``"shared"`` (one draw for the chunk per step, ~30 % faster
+        for many replicas; see :class:`~bjepa.models.replicas.ReplicaStack`).
     Other arguments are those of :func:`bjepa.inference.fit` (per replica: ``lr``, ``steps``,
     ``batch_size``...). Checkpointing and resuming are per model: use ``fit`` one model at a
     time for them.
@@ -136,7 +139,8 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
                 for i, m in enumerate(members):
                     m.init_from_data(ctx[i], tgt[i])
             chunk_seeds = seeds[lo:lo + chunk]
-            stack = ReplicaStack(members, None if None in chunk_seeds else chunk_seeds)
+            stack = ReplicaStack(members, None if None in chunk_seeds else chunk_seeds,
+                                 replica_batches)
             if chunk_seeds[0] is not None:
                 set_seed(chunk_seeds[0])
             hist = _fit(stack, ctx, tgt, None, steps=steps, lr=lr, batch_size=batch_size,

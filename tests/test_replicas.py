@@ -70,6 +70,23 @@ def test_chunked_batches_equal_one_batch():
         assert _max_diff(a, b) < 1e-10
 
 
+def test_shared_minibatches_train_every_replica_reproducibly():
+    ctx, tgt = _data()
+    runs = []
+    for _ in range(2):
+        models = [_build(VJEPA, s) for s in SEEDS]
+        hists = fit(models, ctx, tgt, steps=40, lr=1e-2, seed=SEEDS, batch_size=64,
+                    replica_batches="shared", progress=False)
+        runs.append(models)
+    for a, b in zip(*runs, strict=True):
+        assert _max_diff(a, b) < 1e-12  # same seeds, same numbers (to BLAS rounding)
+    alone = _build(VJEPA, SEEDS[1])
+    fit(alone, ctx[1], tgt[1], steps=40, lr=1e-2, seed=SEEDS[1], batch_size=64,
+        progress=False)
+    assert _max_diff(alone, runs[0][1]) > 1e-6  # other rows than its run alone ...
+    assert len({h.final_loss for h in hists}) == len(SEEDS)  # ... but its own training
+
+
 def test_minibatch_replicas_train_and_report_own_losses():
     ctx, tgt = _data()
     models = [_build(VJEPA, s) for s in SEEDS]
@@ -97,7 +114,9 @@ def test_replica_errors_name_the_problem():
         fit([VJEPA(20, 4), VJEPA(20, 4)], ctx[:2], tgt[:2], seed=[0], steps=2, progress=False)
     with pytest.raises(ValueError, match="checkpoint"):
         fit([VJEPA(20, 4)], ctx[:1], tgt[:1], steps=2, checkpoint_dir="x", progress=False)
-    with pytest.raises(ValueError, match="replicas= batches a list"):
+    with pytest.raises(ValueError, match="replica_batches"):
+        fit([VJEPA(20, 4)], ctx[:1], tgt[:1], steps=2, replica_batches="mine", progress=False)
+    with pytest.raises(ValueError, match="batch a list"):
         fit(VJEPA(20, 4), ctx[0], tgt[0], steps=2, replicas=4, progress=False)
     with pytest.raises(ValueError, match="obs_dim|last"):
         fit([VJEPA(21, 4)], ctx[:1], tgt[:1], steps=2, progress=False)
@@ -158,7 +177,7 @@ def test_noisy_tv_batched_runs_equal_one_at_a_time():
     cfg = dict(models=["vjepa", "jepa", "vae"], sigmas=[0.0, 8.0], seeds=[0, 1], steps=30,
                batch_size=64,
                train_steps=300, test_steps=100, progress=False)
-    batched = run(NoisyTVConfig(**cfg))
+    batched = run(NoisyTVConfig(**cfg, replica_batches="own"))
     alone = run(NoisyTVConfig(**cfg, replicas=1))
     assert [r["replicas"] for r in batched] == [4] * len(batched)  # 2 σ × 2 seeds
     for b, a in zip(batched, alone, strict=True):

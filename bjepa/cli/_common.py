@@ -62,7 +62,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 #: settings that may change when a run is resumed (where it runs, how it reports)
-RESUME_MAY_CHANGE = ("device", "progress", "replicas")
+RESUME_MAY_CHANGE = ("device", "progress", "replicas", "replica_batches")
 
 
 def resolve_resumed_config(stored: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,9 @@ class NoisyTVConfig:
     #: runs of one model trained as one batched program (:func:`bjepa.inference.fit` with a
     #: list of models): ``None`` = as many as fit in memory, ``1`` = one at a time
     replicas: int | None = None
+    #: mini-batches of batched runs: ``"shared"`` (one draw per step for all runs; fastest)
+    #: or ``"own"`` (each run draws its own rows and matches the run trained alone)
+    replica_batches: str = "shared"
 
     @classmethod
     def paper_budget(cls, **overrides: Any) -> NoisyTVConfig:
@@ -89,6 +92,7 @@ class NoisyTVConfig:
             check_positive_int("checkpoint_every", self.checkpoint_every)
         if self.replicas is not None:
             check_positive_int("replicas", self.replicas)
+        check_choice("replica_batches", self.replica_batches, ["shared", "own"])
         return self
 
 
@@ -241,7 +245,8 @@ def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
                     seed=[seed for _, seed in part], device=cfg.device, progress=False,
                     log_every=max(cfg.steps // 100, 1),
                     metrics_path=folder.metrics_path if folder else None,
-                    metrics_tags={"model": name}, replicas=chunk)
+                    metrics_tags={"model": name}, replicas=chunk,
+                    replica_batches=cfg.replica_batches)
         for (sigma, seed), model, hist in zip(part, models, hists, strict=True):
             row = {"model": name, "sigma": sigma, "seed": seed,
                    **probe(model, *split(sigma, seed)), "final_loss": hist.final_loss,
