@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -91,24 +92,30 @@ def bench(encoder: str, batch: int | None, elbo: str | None, n_steps: int) -> fl
 def main(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(args.threads)
     rows = []
+    impls = [None, "meanfield", "trace", "jit-meanfield", "jit-trace"]
+    default = resolve_elbo("auto", VJEPA(20, 4), 1000)
     for encoder in ("linear", "mlp"):
         for batch in (512, None):
-            ref = bench(encoder, batch, None, args.steps)
-            rows.append({"encoder": encoder, "batch": batch or "full", "impl": "torch (by hand)",
-                         "ms_per_step": ref, "ratio": 1.0})
-            default = resolve_elbo("auto", VJEPA(20, 4), 1000)
-            for elbo in ("meanfield", "trace", "jit-meanfield", "jit-trace"):
-                ms = bench(encoder, batch, elbo, args.steps)
-                label = f"pyro {elbo}" + (" (default)" if elbo == default else "")
-                rows.append({"encoder": encoder, "batch": batch or "full",
-                             "impl": label, "ms_per_step": ms, "ratio": ms / ref})
-                print(f"{encoder:6} B={batch or 'full':>5} {elbo:14} {ms:7.3f} ms "
+            # interleaved repetitions, median per implementation: robust to a noisy machine
+            times: dict[str | None, list[float]] = {i: [] for i in impls}
+            for _ in range(args.reps):
+                for impl in impls:
+                    times[impl].append(bench(encoder, batch, impl, args.steps))
+            ref = statistics.median(times[None])
+            for impl in impls:
+                ms = statistics.median(times[impl])
+                label = "torch (by hand)" if impl is None else \
+                    f"pyro {impl}" + (" (default)" if impl == default else "")
+                rows.append({"encoder": encoder, "batch": batch or "full", "impl": label,
+                             "ms_per_step": ms, "ratio": ms / ref,
+                             "runs_ms": [round(t, 4) for t in times[impl]]})
+                print(f"{encoder:6} B={batch or 'full':>5} {label:26} {ms:7.3f} ms "
                       f"({ms / ref:.2f}x torch {ref:.3f} ms)", flush=True)
     OUT.mkdir(exist_ok=True)
     meta = {"machine": platform.platform(), "processor": platform.processor(),
             "cpus": os.cpu_count(),
             "threads": args.threads, "torch": torch.__version__, "pyro": pyro.__version__,
-            "steps": args.steps}
+            "steps": args.steps, "reps": args.reps}
     (OUT / "bench_step.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = ["| encoder | batch | implementation | ms / step | × torch |", "|---|---|---|---|---|"]
     lines += [f"| {r['encoder']} | {r['batch']} | {r['impl']} | {r['ms_per_step']:.3f} | "
@@ -121,4 +128,5 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median)")
     main(p.parse_args())

@@ -21,6 +21,7 @@ Reliability (see ``docs/reliability.md``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -170,11 +171,15 @@ class FusedSVI(SVI):
         self.optim = optimizer
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self._known = {id(p) for p in self.params}
+        self._checked = False
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         """One gradient step on the ELBO; returns the loss (a float)."""
+        # the first step also records which parameters the program touches (a static program
+        # touches the same ones every step, so later steps skip that bookkeeping)
+        capture = poutine.trace(param_only=True) if not self._checked else None
         try:
-            with poutine.trace(param_only=True) as capture, warnings.catch_warnings():
+            with capture or contextlib.nullcontext(), warnings.catch_warnings():
                 # a NaN loss is reported below as NonFiniteLossError, not as Pyro's warning
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
                 loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
@@ -184,14 +189,16 @@ class FusedSVI(SVI):
             self.optim.zero_grad(set_to_none=True)
             first = (str(err).splitlines() or [""])[0]
             raise NonFiniteLossError(f"non-finite values in a distribution ({first})") from err
-        for name, site in capture.trace.nodes.items():
-            if id(site["value"].unconstrained()) not in self._known:
-                self.optim.zero_grad(set_to_none=True)
-                raise RuntimeError(
-                    f"parameter {name!r} is used by the model or guide but is not one of the "
-                    "parameters given to FusedSVI (a global pyro.param, or a guide built "
-                    "lazily?); make it an attribute of the model so it is trained and "
-                    "checkpointed")
+        if capture is not None:
+            for name, site in capture.trace.nodes.items():
+                if id(site["value"].unconstrained()) not in self._known:
+                    self.optim.zero_grad(set_to_none=True)
+                    raise RuntimeError(
+                        f"parameter {name!r} is used by the model or guide but is not one of the "
+                        "parameters given to FusedSVI (a global pyro.param, or a guide built "
+                        "lazily?); make it an attribute of the model so it is trained and "
+                        "checkpointed")
+            self._checked = True
         loss = torch_item(loss)
         bad = self._nonfinite(loss)
         if bad:
@@ -212,7 +219,13 @@ class FusedSVI(SVI):
         if not math.isfinite(loss):
             return f"non-finite loss {loss}"
         grads = [p.grad for p in self.params if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if not grads:
+            return ""
+        # fast path: one fused norm per gradient (NaN/inf anywhere makes it non-finite); only a
+        # non-finite norm, which huge finite values can also give, is checked element-wise
+        if bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            return ""
+        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             return "non-finite gradient"
         return ""
 
