@@ -65,17 +65,14 @@ class NoisyTVConfig:
     @classmethod
     def paper_budget(cls, **overrides: Any) -> NoisyTVConfig:
         """The paper's protocol: 6000 full-batch Adam steps at lr 1e-3."""
-        base: dict[str, Any] = dict(steps=6000, lr=1e-3, batch_size=None)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls(**{**dict(steps=6000, lr=1e-3, batch_size=None), **_given(overrides)})
 
     @classmethod
     def quick(cls, **overrides: Any) -> NoisyTVConfig:
         """A small configuration that finishes in about a minute on 2 CPU cores."""
         base = dict(sigmas=[0.0, 4.0, 8.0], seeds=[0, 1], steps=800, batch_size=None,
                     train_steps=2000, test_steps=1000)
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls(**{**base, **_given(overrides)})
 
     def validate(self) -> NoisyTVConfig:
         if not self.models:
@@ -94,6 +91,11 @@ class NoisyTVConfig:
             check_positive_int("replicas", self.replicas)
         check_choice("replica_batches", self.replica_batches, ["shared", "own"])
         return self
+
+
+def _given(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that were actually given (``None`` = not given on the command line)."""
+    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def available_models() -> list[str]:
