@@ -1,14 +1,18 @@
-"""Training and inference: SVI trainer, EMA targets, schedules."""
+"""Training and inference: SVI trainer (single model, replica-batched, DDP), compiled ELBO,
+EMA targets, schedules, checkpoints."""
 
 from bjepa.inference.checkpoint import CheckpointError, load_model, save_checkpoint
 from bjepa.inference.distributed import fit_ddp, init_distributed, is_rank_zero
 from bjepa.inference.ema import EMATarget, constant_tau, cosine_tau, make_tau_schedule
 from bjepa.inference.fit import ELBOS, FusedSVI, NonFiniteLossError, TrainingHistory, fit
+from bjepa.inference.jit import CompiledELBO
+from bjepa.inference.replicas import fit_replicas
 from bjepa.inference.weights import nuts_posterior, posterior_summary, svi_weight_posterior
 
 __all__ = [
     "ELBOS",
     "CheckpointError",
+    "CompiledELBO",
     "EMATarget",
     "FusedSVI",
     "NonFiniteLossError",
@@ -17,6 +21,7 @@ __all__ = [
     "cosine_tau",
     "fit",
     "fit_ddp",
+    "fit_replicas",
     "init_distributed",
     "is_rank_zero",
     "load_model",
