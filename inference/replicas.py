@@ -21,7 +21,6 @@ import torch
 
 from bjepa._util import progress_bar
 from bjepa._validation import check_nonnegative_int, check_positive_int
-from bjepa.models.replicas import ReplicaStack, unstack_into
 
 __all__ = ["auto_chunk", "fit_replicas"]
 
@@ -87,7 +86,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         records hold the loss averaged over the chunk's replicas; the last record of each
         history holds that replica's own final loss.
     """
-    from bjepa.inference.fit import (
+    from bjepa.inference.fit import (  # here, not at the top: bjepa.models imports inference
         _fit,
         _resolve_device,
         check_fit_args,
@@ -95,6 +94,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         resolve_elbo,
         set_seed,
     )
+    from bjepa.models.replicas import ReplicaStack, unstack_into
 
     models = list(models)
     if not models:
