@@ -64,3 +64,15 @@ def test_example_runs(script, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # examples write their run folders under ./runs
     monkeypatch.setattr(sys, "argv", [script, *EXAMPLES[script]])
     runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+
+
+@pytest.mark.parametrize("first", ["from bjepa import models", "import bjepa.inference",
+                                   "import bjepa.models.base", "import bjepa.inference.ema",
+                                   "import bjepa.models.replicas", "import bjepa.priors"])
+def test_any_module_can_be_imported_first(first):
+    """Circular imports only show when a module is the first one a fresh process imports."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", first], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
