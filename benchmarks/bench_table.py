@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bjepa.cli._common import parse_int_list
+
 OUT = Path(__file__).parent / "results"
 MODELS = "vjepa,bjepa,jepa,vae,ar"
 SIGMAS = "0,0.5,1,2,3,4,5,6,8"
@@ -71,7 +73,7 @@ def summary(rows: list[dict]) -> dict[str, dict]:
 def main(args: argparse.Namespace) -> dict:
     n_sigmas = len(args.sigmas.split(","))
     seeds = args.seeds
-    n_seeds = len(_expand(seeds))
+    n_seeds = len(parse_int_list(seeds))
     result: dict = {"meta": {
         "machine": platform.platform(), "processor": platform.processor() or "unknown",
         "cpus": os.cpu_count(), "python": platform.python_version(), "device": args.device,
@@ -130,14 +132,6 @@ def render(result: dict) -> str:
     lines += [f"| {m} | {v['worst_sigma_mean']:.3f} | {v['worst_seed']:.3f} |"
               for m, v in rec["models"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _expand(spec: str) -> list[int]:
-    out: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from bjepa._util import progress_bar
-from bjepa._validation import check_nonnegative_int, check_positive_int
+from bjepa._validation import check_positive_int
 
 __all__ = ["auto_chunk", "fit_replicas"]
 
@@ -103,21 +103,18 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
     seeds = [seed] * r_total if seed is None or isinstance(seed, int) else list(seed)
     if len(seeds) != r_total:
         raise ValueError(f"seed has {len(seeds)} entries for {r_total} models")
-    for s in seeds:
-        if s is not None:
-            check_nonnegative_int("seed", s)
     ctx_all = _as_stack("context", context, r_total)
     tgt_all = _as_stack("target", target, r_total)
-    for i, m in enumerate(models):  # every replica's data against its model, naming it
-        check_fit_args(m, ctx_all[i], None if tgt_all is None else tgt_all[i], steps=steps,
-                       lr=lr, elbo=elbo, num_particles=num_particles, log_every=log_every,
-                       on_nonfinite=on_nonfinite, seed=seeds[i], warmup_steps=warmup_steps,
-                       checkpoint_every=None, keep_last=1, resume=False, checkpoint_dir=None,
-                       metrics_tags=metrics_tags, callback=callback, batch_size=batch_size)
+    checked = batch_size
+    for i, m in enumerate(models):  # every replica's arguments and data, naming the bad one
+        steps, lr, _, _, checked = check_fit_args(
+            m, ctx_all[i], None if tgt_all is None else tgt_all[i], steps=steps, lr=lr,
+            elbo=elbo, num_particles=num_particles, log_every=log_every,
+            on_nonfinite=on_nonfinite, seed=seeds[i], warmup_steps=warmup_steps,
+            checkpoint_every=None, keep_last=1, resume=False, checkpoint_dir=None,
+            metrics_tags=metrics_tags, callback=callback, batch_size=batch_size)
+    batch_size = checked  # None when it covers the whole data set
     n = ctx_all.shape[1]
-    if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
-        batch_size = None if batch_size >= n else batch_size
     chunk = auto_chunk(r_total, n, ctx_all.shape[2]) if replicas is None else \
         check_positive_int("replicas", replicas)
     dev = _resolve_device(device, models[0])

@@ -1,7 +1,7 @@
 """Replica-vectorised models: ``R`` independent models of one architecture as one batched
 Pyro program.
 
-:func:`stack_models` turns a list of identically built world models (different seeds, different
+:class:`ReplicaStack` turns a list of identically built world models (different seeds, different
 data) into a :class:`ReplicaStack` whose parameters carry a leading replica dimension:
 
 - every ``nn.Linear`` becomes a :class:`ReplicaLinear` with weight ``(R, out, in)`` (one
@@ -41,7 +41,7 @@ from bjepa._validation import check_choice, check_tensor
 from bjepa.models.base import WorldModel
 
 __all__ = ["ReplicaLinear", "ReplicaNoise", "ReplicaStack", "per_replica_rsample",
-           "stack_models", "unstack_into"]
+           "unstack_into"]
 
 _stack_ids = itertools.count()
 
@@ -49,7 +49,7 @@ _stack_ids = itertools.count()
 class ReplicaLinear(nn.Module):
     """``R`` linear maps applied to ``R`` batches at once: ``x (R, ..., in) → (R, ..., out)``.
 
-    A plain module (the EMA copy must stay outside Pyro); :func:`stack_models` converts the
+    A plain module (the EMA copy must stay outside Pyro); :class:`ReplicaStack` converts the
     ones in the trained tree to :class:`~pyro.nn.PyroModule`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -308,12 +308,6 @@ class ReplicaStack(PyroModule):
         with noise, pyro.plate("replicas", self.num_replicas, dim=-2), \
                 poutine.scale(scale=scale):
             self.inner.guide(context, target, batch_size)
-
-
-def stack_models(models: Sequence[WorldModel], seeds: Sequence[int] | None = None,
-                 batches: str = "own") -> ReplicaStack:
-    """Stack ``models`` (same class and arguments) into one :class:`ReplicaStack`."""
-    return ReplicaStack(models, seeds, batches)
 
 
 @torch.no_grad()

@@ -233,8 +233,8 @@ def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
     """Train the (σ, seed) ``runs`` of model ``name`` as replicas, chunk by chunk."""
     from bjepa.inference.replicas import auto_chunk
 
-    n_rows = cfg.train_steps - 1
-    chunk = cfg.replicas or auto_chunk(len(runs), n_rows, 20)
+    obs = split(*runs[0])[0].obs
+    chunk = cfg.replicas or auto_chunk(len(runs), obs.shape[0] - 1, obs.shape[1])
     for lo in range(0, len(runs), chunk):
         part = runs[lo:lo + chunk]
         models = []
