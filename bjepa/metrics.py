@@ -1,4 +1,5 @@
-"""Probe metrics: how much of a quantity a frozen representation makes linearly available."""
+"""Probe metrics: how much of a quantity a frozen representation makes linearly available, and
+how much two representations share (canonical correlations, predictive information)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import torch
 
 from bjepa._validation import check_tensor
 
-__all__ = ["linear_probe_r2", "r2_score"]
+__all__ = [
+    "canonical_directions",
+    "linear_probe_r2",
+    "predictive_information",
+    "r2_score",
+]
 
 
 def r2_score(y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
@@ -65,3 +71,52 @@ def linear_probe_r2(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.
     r2 = r2_score(y_test.to(dev), design(z_test) @ coef)
     return r2.float().cpu() if per_dim else float(r2.nanmean()) if not r2.isnan().all() \
         else float("nan")
+
+
+def canonical_directions(a: torch.Tensor, b: torch.Tensor, k: int,
+                         ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` leading canonical directions of ``a`` (paired rows with ``b``).
+
+    Returns ``(W, rho)``: ``W`` of shape ``(k, a.shape[1])`` with ``a @ W.T`` white and
+    maximally correlated with ``b``, and the canonical correlations ``rho`` (descending).
+    In a linear-Gaussian world these directions span the optimal predictive bottleneck
+    (Creutzig, Globerson & Tishby 2009).
+    """
+    a = a.double() - a.double().mean(0)
+    b = b.double() - b.double().mean(0)
+    n = a.shape[0]
+
+    def inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
+        evals, evecs = torch.linalg.eigh(cov)
+        floor = ridge * evals.max().clamp_min(1e-30)
+        return evecs @ torch.diag(evals.clamp_min(floor).rsqrt()) @ evecs.T
+
+    wa, wb = inv_sqrt(a.T @ a / n), inv_sqrt(b.T @ b / n)
+    u, s, _ = torch.linalg.svd(wa @ (a.T @ b / n) @ wb)
+    return (u[:, :k].T @ wa).float(), s[:k].float()
+
+
+def predictive_information(a: torch.Tensor, b: torch.Tensor, *, ridge: float = 1e-6) -> float:
+    """Gaussian estimate of the mutual information ``I(a; b)`` in nats between paired rows,
+    ``−½ Σ_i log(1 − ρ_i²)`` over the canonical correlations ``ρ_i``.
+
+    Invariant to any invertible affine map of ``a`` or ``b``, so it compares representations of
+    different scale — e.g. ``I(z_t; z_{t+1})`` of several training restarts on the same data,
+    where a scale-sensitive training objective cannot (:func:`bjepa.inference.fit_restarts`).
+    A constant representation scores 0.
+
+    Example::
+
+        pi = predictive_information(model.encode(x[:-1]), model.encode_target(x[1:]))
+    """
+    check_tensor("a", a, ndim=2)
+    check_tensor("b", b, ndim=2)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b need the same rows: {a.shape[0]} vs {b.shape[0]}")
+    if a.shape[0] <= a.shape[1] + b.shape[1]:
+        raise ValueError(f"predictive_information needs more rows than columns of a and b "
+                         f"together, got {a.shape[0]} rows for {a.shape[1]} + {b.shape[1]} "
+                         "columns; pass more rows")
+    _, rho = canonical_directions(a, b, min(a.shape[1], b.shape[1]), ridge=ridge)
+    rho = rho.double().clamp(0.0, 1.0 - 1e-12)
+    return max(float(-0.5 * torch.log1p(-rho.pow(2)).sum()), 0.0)

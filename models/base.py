@@ -20,8 +20,15 @@ from bjepa.inference.ema import (
     cosine_tau,
     make_tau_schedule,
 )
+from bjepa.metrics import canonical_directions, predictive_information
 
-__all__ = ["WorldModel", "canonical_directions", "last_linear", "rows"]
+__all__ = [
+    "WorldModel",
+    "canonical_directions",
+    "last_linear",
+    "predictive_information_score",
+    "rows",
+]
 
 _instance_ids = itertools.count()
 
@@ -59,27 +66,13 @@ def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return captured[0].reshape(x.shape[0], -1)
 
 
-def canonical_directions(a: torch.Tensor, b: torch.Tensor, k: int,
-                         ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` leading canonical directions of ``a`` (paired rows with ``b``).
-
-    Returns ``(W, rho)``: ``W`` of shape ``(k, a.shape[1])`` with ``a @ W.T`` white and
-    maximally correlated with ``b``, and the canonical correlations ``rho`` (descending).
-    In a linear-Gaussian world these directions span the optimal predictive bottleneck
-    (Creutzig, Globerson & Tishby 2009).
-    """
-    a = a.double() - a.double().mean(0)
-    b = b.double() - b.double().mean(0)
-    n = a.shape[0]
-
-    def inv_sqrt(cov: torch.Tensor) -> torch.Tensor:
-        evals, evecs = torch.linalg.eigh(cov)
-        floor = ridge * evals.max().clamp_min(1e-30)
-        return evecs @ torch.diag(evals.clamp_min(floor).rsqrt()) @ evecs.T
-
-    wa, wb = inv_sqrt(a.T @ a / n), inv_sqrt(b.T @ b / n)
-    u, s, _ = torch.linalg.svd(wa @ (a.T @ b / n) @ wb)
-    return (u[:, :k].T @ wa).float(), s[:k].float()
+def predictive_information_score(z_context: torch.Tensor, z_target: torch.Tensor) -> float:
+    """``I(z_C; z_T)`` (nats, Gaussian estimate) of a predictive model's context latents and
+    target latents: the selection score of VJEPA, BJEPA and JEPA restarts. Their training
+    objectives are not comparable across restarts — VJEPA's falls without bound as the latent
+    scale shrinks (collapsed restarts have the *lowest* loss) — while this score is
+    scale-invariant and is 0 for a collapsed or unpredictable representation."""
+    return predictive_information(z_context.double(), z_target.double())
 
 
 class WorldModel(PyroModule):
@@ -212,6 +205,29 @@ class WorldModel(PyroModule):
         """``f_θ(x)`` for training: detached while the encoder is frozen (warm-up)."""
         z = self.context_encoder(x)
         return z.detach() if self.freeze_encoder else z
+
+    @torch.no_grad()
+    def selection_score(self, context: torch.Tensor, target: torch.Tensor | None = None, *,
+                        chunk: int = 2048, seed: int = 0) -> float:
+        """A label-free score of this trained model on ``(context, target)`` — higher is better —
+        that is comparable across training restarts on the same data
+        (:func:`bjepa.inference.fit_restarts` keeps the best restart).
+
+        Default: the ELBO per row (one particle, RNG forked and seeded with ``seed``, evaluated in
+        chunks of ``chunk`` rows). Models whose objective is not comparable across restarts
+        override it (VJEPA, BJEPA and JEPA use the predictive information of their latents).
+        """
+        from pyro.infer import Trace_ELBO
+
+        context, target = self.check_inputs(context, target)
+        elbo, total = Trace_ELBO(), 0.0
+        devices = [] if context.device.type == "cpu" else [context.device]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for i in range(0, context.shape[0], chunk):
+                tgt = None if target is None else target[i:i + chunk]
+                total += float(elbo.loss(self.model, self.guide, context[i:i + chunk], tgt))
+        return -total / context.shape[0]
 
     def named_pyro_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters trained by SVI (the EMA target is not among them)."""

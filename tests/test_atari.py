@@ -372,7 +372,7 @@ def test_quick_run_writes_the_run_folder(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 4 * 2
     assert {"model", "sigma", "seed", "linear_r2", "mlp_r2", "linear_ball_x",
-            "mlp_player_y", "train_seconds"} <= set(rows[0])
+            "mlp_player_y", "train_seconds", "restart", "selection_score"} <= set(rows[0])
     ckpts = sorted((out / "checkpoints").glob("*.pt"))
     assert len(ckpts) == 8
     # a checkpoint rebuilds its model even where its conv geometry was never registered
@@ -383,6 +383,19 @@ def test_quick_run_writes_the_run_folder(tmp_path, capsys):
     assert isinstance(model, VAE) and cfg["encoder"] in ENCODERS
     text = capsys.readouterr().out
     assert "linear R2" in text and "VJEPA − VAE" in text
+
+
+def test_restarts_keep_the_best_scored_model(tmp_path):
+    cfg = exp.AtariConfig.quick(models=["vjepa", "vae"], sigmas=[1.0], steps=3, restarts=3,
+                                cache_dir=str(tmp_path), progress=False)
+    rows = exp.run(cfg)
+    for row in rows:
+        scores = [float(v) for v in row["restart_scores"].split()]
+        assert len(scores) == 3
+        assert row["selection_score"] == pytest.approx(max(scores), rel=1e-3)
+        assert scores[row["restart"]] == pytest.approx(max(scores), rel=1e-3)
+    with pytest.raises(ValueError, match="restarts"):
+        exp.AtariConfig.quick(restarts=0).validate()
 
 
 def test_checkpoint_reloads_a_conv_model(tmp_path):

@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=None, help="VJEPA/BJEPA KL weight β")
     p.add_argument("--tau", type=parse_tau, default=None,
                    help="EMA momentum τ in [0,1] or 'cosine' (0.99→1)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="train each model this many times from different initial weights and "
+                   "keep the restart with the best label-free score (predictive information "
+                   "for VJEPA/BJEPA/JEPA, ELBO for VAE/AR); see docs/atari.md")
     p.add_argument("--cache-dir", default=None,
                    help="where generated frames are cached (default: $BJEPA_CACHE/atari or "
                    "~/.cache/bjepa/atari)")
@@ -56,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size, "context_frames": args.context_frames, "latent_dim": args.latent_dim,
         "train_episodes": args.episodes, "test_episodes": args.test_episodes,
         "episode_steps": args.episode_steps, "other_game": args.other_game, "beta": args.beta,
-        "tau": args.tau, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+        "tau": args.tau, "steps": args.steps, "restarts": args.restarts, "lr": args.lr,
+        "batch_size": args.batch_size,
         "cache_dir": args.cache_dir, "threads": args.threads, "device": args.device,
         "progress": not args.no_progress,
     }
@@ -68,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     folder = RunFolder(args.out or default_run_dir("atari"), overwrite=args.overwrite)
     n = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
     print(f"Atari ({cfg.game}, {cfg.distractor} distractor): {n} runs ({', '.join(cfg.models)} "
-          f"× σ {cfg.sigmas} × seeds {cfg.seeds}), {cfg.steps} steps each → {folder.path}")
+          f"× σ {cfg.sigmas} × seeds {cfg.seeds}), {cfg.steps} steps × {cfg.restarts} "
+          f"restart(s) each → {folder.path}")
     rows = run_experiment(cfg, folder)
     print(format_table(summarise(rows)))
     if {"vjepa", "vae"} <= set(cfg.models):

@@ -39,9 +39,8 @@ from bjepa._validation import (
     check_positive_int,
 )
 from bjepa.data import atari as atari_data
-from bjepa.inference import fit
+from bjepa.inference import fit_restarts
 from bjepa.inference.checkpoint import save_checkpoint
-from bjepa.inference.fit import set_seed
 from bjepa.metrics import linear_probe_r2, r2_score
 from bjepa.models.conv import conv_encoder_name, register_conv
 from bjepa.runs import RunFolder
@@ -92,7 +91,9 @@ class AtariConfig:
     (pixel units: frames lie in [0, 1]), with ``patch``/``cell``/``rho``/``other_game``.
     Models: ``context_frames`` (k), ``latent_dim``, ``hidden_dim``, conv ``channels``,
     VJEPA/BJEPA ``beta`` and ``tau``, the VAE/AR ``vae_beta``. Training: ``steps`` of
-    ``batch_size`` with Adam at ``lr``. Probes: an MLP with ``probe_hidden`` units trained for
+    ``batch_size`` with Adam at ``lr``; every model is trained ``restarts`` times from different
+    initial weights and the restart with the best label-free ``selection_score`` is kept
+    (:func:`bjepa.inference.fit_restarts`). Probes: an MLP with ``probe_hidden`` units trained for
     ``probe_steps`` full-batch Adam steps. ``threads`` sets ``torch.set_num_threads`` for the
     run (``None`` leaves it).
     """
@@ -120,6 +121,7 @@ class AtariConfig:
     tau: float | str = 0.99
     vae_beta: float = 1.0
     steps: int = 600
+    restarts: int = 1
     batch_size: int = 64
     lr: float = 1e-3
     probe_hidden: int = 64
@@ -158,7 +160,7 @@ class AtariConfig:
         if not self.seeds:
             raise ValueError("seeds must list at least one seed")
         for name in ["size", "frame_skip", "train_episodes", "test_episodes", "episode_steps",
-                     "context_frames", "cell", "latent_dim", "hidden_dim", "steps",
+                     "context_frames", "cell", "latent_dim", "hidden_dim", "steps", "restarts",
                      "batch_size", "probe_hidden", "probe_steps"]:
             check_positive_int(name, getattr(self, name))
         if self.episode_steps < 2 * self.context_frames + 1:
@@ -445,19 +447,22 @@ def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
 
 def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: AtariSplit,
                test: AtariSplit, folder: RunFolder | None) -> dict[str, Any]:
-    set_seed(seed)
-    model = build_model(name, train.context.shape[1], cfg)
     start = time.perf_counter()
-    hist = fit(model, train.context, train.target, steps=cfg.steps, lr=cfg.lr,
-               batch_size=cfg.batch_size, seed=seed, device=cfg.device, progress=cfg.progress,
-               log_every=max(cfg.steps // 50, 1),
-               metrics_path=folder.metrics_path if folder else None,
-               metrics_tags={"model": name, "sigma": sigma, "seed": seed,
-                             "distractor": cfg.distractor})
+    best = fit_restarts(lambda: build_model(name, train.context.shape[1], cfg), train.context,
+                        train.target, restarts=cfg.restarts, seed=seed, steps=cfg.steps,
+                        lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device,
+                        progress=cfg.progress, log_every=max(cfg.steps // 50, 1),
+                        metrics_path=folder.metrics_path if folder else None,
+                        metrics_tags={"model": name, "sigma": sigma, "seed": seed,
+                                      "distractor": cfg.distractor})
     seconds = time.perf_counter() - start
+    model = best.model
     scores = probe(model, train, test, cfg, seed=seed)
     row = {"model": name, "distractor": cfg.distractor, "sigma": sigma, "seed": seed, **scores,
-           "final_loss": hist.final_loss, "train_seconds": round(seconds, 3)}
+           "final_loss": best.history.final_loss, "restart": best.index,
+           "selection_score": best.score,
+           "restart_scores": " ".join(f"{r['score']:.4g}" for r in best.runs),
+           "train_seconds": round(seconds, 3)}
     if folder is not None:
         save_checkpoint(
             folder.file(f"checkpoints/{name}-{cfg.distractor}-sigma{sigma:g}-seed{seed}.pt"),
@@ -465,6 +470,7 @@ def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: Atar
                          "game": cfg.game, "distractor": cfg.distractor,
                          "context_frames": cfg.context_frames, "size": cfg.size,
                          "channels": list(cfg.channels), "encoder": cfg.encoder,
+                         "restart": best.index, "restarts": cfg.restarts,
                          "linear_r2": row["linear_r2"], "mlp_r2": row["mlp_r2"]})
     return row
 
