@@ -33,7 +33,13 @@ from pyro.nn import pyro_method
 from torch.distributions import Distribution
 
 from bjepa._validation import check_positive_int, check_tensor
-from bjepa.models.base import _features, canonical_directions, last_linear, to_pyro
+from bjepa.models.base import (
+    _features,
+    canonical_directions,
+    init_input_layer,
+    last_linear,
+    to_pyro,
+)
 from bjepa.models.bjepa import BJEPA
 from bjepa.models.encoders import HEAD_NETS
 from bjepa.models.heads import make_head
@@ -141,6 +147,7 @@ class ActionVJEPA(VJEPA):
         """
         x, u = self.split(context)
         encoder = self.context_encoder
+        init_input_layer(encoder, x, target)
         a, b = _features(encoder, x), _features(encoder, target)
         weight, rho = canonical_directions(b, torch.cat([a, u.to(a)], dim=1), self.latent_dim)
         layer = last_linear(encoder)

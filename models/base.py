@@ -25,6 +25,7 @@ from bjepa.metrics import canonical_directions, predictive_information
 __all__ = [
     "WorldModel",
     "canonical_directions",
+    "init_input_layer",
     "last_linear",
     "predictive_information_score",
     "rows",
@@ -64,6 +65,14 @@ def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     finally:
         handle.remove()
     return captured[0].reshape(x.shape[0], -1)
+
+
+def init_input_layer(encoder: nn.Module, context: torch.Tensor, target: torch.Tensor) -> None:
+    """Give the encoder's input layer its data-dependent start, if it has one (the conv
+    encoder's patch CCA, :meth:`bjepa.models.conv.FrameStackEncoder.init_first_layer`)."""
+    hook = getattr(encoder, "init_first_layer", None)
+    if hook is not None:
+        hook(context, target)
 
 
 def predictive_information_score(z_context: torch.Tensor, z_target: torch.Tensor) -> float:
@@ -157,11 +166,14 @@ class WorldModel(PyroModule):
     @torch.no_grad()
     def init_from_data(self, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Point the context encoder's last linear layer at the leading canonical directions
-        between features of ``context`` and ``target`` (and copy it to the EMA target).
+        between features of ``context`` and ``target`` (and copy it to the EMA target). An
+        encoder with an ``init_first_layer(context, target)`` method (the conv encoder) gets its
+        input layer started the same way first.
 
         Returns the canonical correlations found.
         """
         encoder = self.context_encoder
+        init_input_layer(encoder, context, target)
         a, b = _features(encoder, context), _features(encoder, target)
         if a.shape[1] < self.latent_dim:
             raise ValueError(

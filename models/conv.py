@@ -23,8 +23,11 @@ The encoder is the DQN network (Mnih et al. 2015) — convolutions 8×8/4, 4×4/
 ReLU — for frames of side >= 36, and 4×4/2, 3×3/2, 3×3/1 for smaller frames (side >= 16),
 then ``Linear(features, hidden_dim) → ReLU → Linear(hidden_dim, out_dim)``. Its last two
 parameter tensors are the final linear layer's weight and bias (VJEPA's variance head relies
-on that to start homoscedastic). The decoder (``"deconv"``) mirrors it: two linear layers up
-to the last feature map, then transposed convolutions back to ``k × H × W``, returned flat.
+on that to start homoscedastic). With a model's ``init="cca"`` its first convolution starts at
+the canonical directions between co-located context and target patches
+(:meth:`FrameStackEncoder.init_first_layer`) before the last layer gets its CCA start.
+The decoder (``"deconv"``) mirrors it: two linear layers up to the last feature map, then
+transposed convolutions back to ``k × H × W``, returned flat.
 
 Example::
 
@@ -61,6 +64,9 @@ _MAX_FRAMES = 16
 _MIN_SIDE = 16
 _DQN_LAYERS = ((8, 4), (4, 2), (3, 1))  # (kernel, stride) per convolution
 _SMALL_LAYERS = ((4, 2), (3, 2), (3, 1))
+#: patches (rows × positions) entering the first layer's CCA start, and its relative ridge
+PATCH_CCA_MAX_PATCHES = 65536
+PATCH_CCA_RIDGE = 1e-3
 
 
 def _layer_plan(height: int, width: int) -> tuple[tuple[int, int], ...]:
@@ -141,6 +147,46 @@ class FrameStackEncoder(nn.Module):
     @property
     def in_dim(self) -> int:
         return self.frames * self.height * self.width
+
+    @torch.no_grad()
+    def init_first_layer(self, context: torch.Tensor, target: torch.Tensor, *,
+                         max_patches: int = PATCH_CCA_MAX_PATCHES,
+                         ridge: float = PATCH_CCA_RIDGE) -> torch.Tensor:
+        """Point the first convolution's filters at the leading canonical directions between
+        co-located patches of the ``context`` and ``target`` stacks (flat ``(N, k·H·W)``).
+
+        Part of the CCA start (``init="cca"``): the same past–future argument as for the last
+        linear layer, one level down. Each filter becomes a direction of a ``k × K × K`` context
+        patch that is maximally correlated with the same patch of the target stack, whitened
+        (unit variance on the data, bias centring it). Structure that persists from context to
+        target (paddles, ball, walls) gets filters; noise that is new in every frame (a noisy
+        TV) gets none — with a random first layer every feature mixes the two. Filters beyond
+        the patch dimension keep their random start. At most ``max_patches`` patches (from
+        evenly spaced rows) enter the CCA, with ``ridge`` (relative to the largest variance) on
+        the covariances. Returns the canonical correlations of the filters set.
+        """
+        from bjepa.metrics import canonical_directions
+
+        conv = self.features[0]
+        shape = (-1, self.frames, self.height, self.width)
+        positions = math.prod(_sizes(self.height, [(conv.kernel_size[0], conv.stride[0])])[1:]
+                              + _sizes(self.width, [(conv.kernel_size[1], conv.stride[1])])[1:])
+        n = context.shape[0]
+        rows = max(1, min(n, max_patches // positions))
+        idx = torch.linspace(0, n - 1, rows, device=context.device).round().long()
+
+        def patches(x: torch.Tensor) -> torch.Tensor:
+            cols = nn.functional.unfold(x[idx].reshape(shape), conv.kernel_size,
+                                        stride=conv.stride)     # (rows, k·K·K, positions)
+            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+        a, b = patches(context), patches(target)
+        k = min(conv.out_channels, a.shape[1])
+        weight, rho = canonical_directions(a, b, k, ridge=ridge)
+        weight = weight.to(conv.weight)
+        conv.weight[:k].copy_(weight.reshape(k, *conv.weight.shape[1:]))
+        conv.bias[:k].copy_(-(a.mean(0).to(weight) @ weight.T))
+        return rho
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_dim:
