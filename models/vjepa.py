@@ -60,8 +60,9 @@ class VJEPA(WorldModel):
     :param beta: weight β >= 0 of the KL to the standard-normal prior.
     :param tau: EMA momentum τ in [0, 1], ``"cosine"`` or a schedule ``f(step, total)``.
     :param init: ``"cca"`` (default) points the encoder's last layer at the leading
-        canonical directions between context and target features before training; ``"random"``
-        keeps PyTorch's initialisation.
+        canonical directions between context and target features before training (a conv
+        encoder's first convolution too, on co-located patches); ``"random"`` keeps PyTorch's
+        initialisation.
     :param target_scale_init: initial target standard deviation σ_θ'.
     """
 

@@ -59,6 +59,67 @@ def test_vjepa_conv_variance_head_starts_homoscedastic():
     torch.testing.assert_close(scale, torch.full_like(scale, 0.2), atol=2e-4, rtol=0)
 
 
+def _persistent_scene_with_fresh_noise(n=400, k=2, side=36, seed=0):
+    """Smooth random scenes that persist from context to target, plus a centred patch of
+    noise drawn afresh for every frame (a noisy TV)."""
+    g = torch.Generator().manual_seed(seed)
+    scene = 7 * torch.nn.functional.avg_pool2d(
+        torch.randn(n, 1, side + 6, side + 6, generator=g), 7, stride=1).expand(n, k, side, side)
+
+    def frames():
+        noise = torch.zeros(n, k, side, side)
+        lo, hi = side // 4, 3 * side // 4
+        noise[:, :, lo:hi, lo:hi] = 2.0 * torch.randn(n, k, hi - lo, hi - lo, generator=g)
+        return (scene + noise).reshape(n, -1)
+
+    return scene, frames(), frames()
+
+
+def test_first_layer_cca_start_sees_the_scene_through_fresh_noise():
+    scene, ctx, tgt = _persistent_scene_with_fresh_noise()
+    corr = {}
+    for init in ["random", "cca"]:
+        torch.manual_seed(1)
+        enc = FrameStackEncoder(2, 36, 36, 4, hidden_dim=16, channels=(8, 8, 8))
+        if init == "cca":
+            rho = enc.init_first_layer(ctx, tgt)
+            assert rho.shape == (8,) and bool((rho[:-1] >= rho[1:]).all())
+        conv = enc.features[0]
+        with torch.no_grad():
+            clean = conv(scene.reshape(-1, 2, 36, 36)).transpose(0, 1).reshape(8, -1)
+            noisy = conv(ctx.reshape(-1, 2, 36, 36)).transpose(0, 1).reshape(8, -1)
+        corr[init] = torch.stack([torch.corrcoef(torch.stack([clean[i], noisy[i]]))[0, 1]
+                                  for i in range(8)])
+        if init == "cca":  # white on the data it was fitted to
+            torch.testing.assert_close(noisy.mean(1), torch.zeros(8), atol=1e-4, rtol=0)
+            torch.testing.assert_close(noisy.std(1), torch.ones(8), atol=1e-3, rtol=0)
+    # the filters respond to what persists, not to the noise
+    assert corr["cca"].mean() > 0.85 and corr["cca"].min() > 0.75
+    assert corr["random"].mean() < 0.7
+
+
+def test_first_layer_cca_start_keeps_extra_filters_random():
+    enc = FrameStackEncoder(1, 16, 16, 4, hidden_dim=8, channels=(32, 8, 8))  # 4×4 kernel
+    before = enc.features[0].weight.detach().clone()
+    x = torch.randn(50, 256)
+    rho = enc.init_first_layer(x, x + 0.1 * torch.randn_like(x))
+    assert rho.shape == (16,)
+    after = enc.features[0].weight
+    assert not torch.equal(after[:16], before[:16])
+    assert torch.equal(after[16:], before[16:])
+
+
+def test_cca_start_of_a_conv_model_initialises_the_first_layer_and_the_ema_copy():
+    _, ctx, tgt = _persistent_scene_with_fresh_noise(n=120)
+    name = register_conv(2, 36, channels=(8, 8, 8))
+    m = VJEPA(ctx.shape[1], 3, encoder=name, hidden_dim=16)
+    before = m.context_encoder.features[0].weight.detach().clone()
+    m.init_from_data(ctx, tgt)
+    after = m.context_encoder.features[0].weight
+    assert not torch.equal(after, before)
+    torch.testing.assert_close(m.target_encoder.features[0].weight, after)
+
+
 def test_infer_frame_shape_and_explicit_registration():
     assert infer_frame_shape(2 * 48 * 48) == (2, 48, 48)
     assert infer_frame_shape(84 * 84) == (1, 84, 84)
@@ -337,6 +398,16 @@ def test_config_validation_names_the_argument():
         exp.AtariConfig(game="space_invaders").validate()
     with pytest.raises(ValueError, match="episode_steps"):
         exp.AtariConfig(episode_steps=3).validate()
+    with pytest.raises(ValueError, match="init"):
+        exp.AtariConfig(init="pca").validate()
+
+
+def test_init_reaches_the_three_predictive_models():
+    cfg = exp.AtariConfig.quick(init="random")
+    obs_dim = cfg.context_frames * cfg.size**2
+    for name in ["vjepa", "bjepa", "jepa"]:
+        assert exp.build_model(name, obs_dim, cfg).init == "random"
+    assert exp.build_model("jepa", obs_dim, exp.AtariConfig.quick()).init == "cca"
 
 
 def test_splits_are_standardised_stacks(tmp_path):

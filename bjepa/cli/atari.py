@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=None, help="VJEPA/BJEPA KL weight β")
     p.add_argument("--tau", type=parse_tau, default=None,
                    help="EMA momentum τ in [0,1] or 'cosine' (0.99→1)")
+    p.add_argument("--init", choices=["cca", "random"], default=None,
+                   help="start of VJEPA, BJEPA and JEPA: cca (default; first convolution and "
+                   "last layer at context-target canonical directions) or random")
     p.add_argument("--restarts", type=int, default=None,
                    help="train each model this many times from different initial weights and "
                    "keep the restart with the best label-free score (predictive information "
@@ -60,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
         "size": args.size, "context_frames": args.context_frames, "latent_dim": args.latent_dim,
         "train_episodes": args.episodes, "test_episodes": args.test_episodes,
         "episode_steps": args.episode_steps, "other_game": args.other_game, "beta": args.beta,
-        "tau": args.tau, "steps": args.steps, "restarts": args.restarts, "lr": args.lr,
-        "batch_size": args.batch_size,
-        "cache_dir": args.cache_dir, "threads": args.threads, "device": args.device,
+        "tau": args.tau, "init": args.init, "steps": args.steps, "restarts": args.restarts,
+        "lr": args.lr, "batch_size": args.batch_size, "cache_dir": args.cache_dir,
+        "threads": args.threads, "device": args.device,
         "progress": not args.no_progress,
     }
     if args.quick:

@@ -90,11 +90,13 @@ class AtariConfig:
     Distractor: ``distractor`` in ``"none" | "tv" | "ar1" | "game"`` at strengths ``sigmas``
     (pixel units: frames lie in [0, 1]), with ``patch``/``cell``/``rho``/``other_game``.
     Models: ``context_frames`` (k), ``latent_dim``, ``hidden_dim``, conv ``channels``,
-    VJEPA/BJEPA ``beta`` and ``tau``, the VAE/AR ``vae_beta``. Training: ``steps`` of
-    ``batch_size`` with Adam at ``lr``; every model is trained ``restarts`` times from different
-    initial weights and the restart with the best label-free ``selection_score`` is kept
-    (:func:`bjepa.inference.fit_restarts`). Probes: an MLP with ``probe_hidden`` units trained for
-    ``probe_steps`` full-batch Adam steps. ``threads`` sets ``torch.set_num_threads`` for the
+    VJEPA/BJEPA ``beta``, ``tau``, the start ``init`` of the three predictive models (``"cca"``:
+    first convolution and last layer at canonical directions between context and target;
+    ``"random"``), the VAE/AR ``vae_beta``. Training: ``steps`` of ``batch_size`` with Adam at
+    ``lr``; every model is trained ``restarts`` times from different initial weights and the
+    restart with the best label-free ``selection_score`` is kept
+    (:func:`bjepa.inference.fit_restarts`). Probes: an MLP with ``probe_hidden`` units trained
+    for ``probe_steps`` full-batch Adam steps. ``threads`` sets ``torch.set_num_threads`` for the
     run (``None`` leaves it).
     """
 
@@ -119,6 +121,7 @@ class AtariConfig:
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
     beta: float = 0.01
     tau: float | str = 0.99
+    init: str = "cca"
     vae_beta: float = 1.0
     steps: int = 600
     restarts: int = 1
@@ -169,6 +172,7 @@ class AtariConfig:
         if len(self.channels) != 3:
             raise ValueError(f"channels must list 3 conv widths, got {self.channels}")
         check_positive("lr", self.lr)
+        check_choice("init", self.init, ["cca", "random"])
         check_nonnegative("beta", self.beta)
         check_nonnegative("vae_beta", self.vae_beta)
         if self.threads is not None:
@@ -281,11 +285,13 @@ def build_model(name: str, obs_dim: int, cfg: AtariConfig) -> nn.Module:
 
     common = dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim)
     if name == "vjepa":
-        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, init=cfg.init,
+                            **common)
     if name == "bjepa":
-        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
+        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, init=cfg.init,
+                            **common)
     if name == "jepa":
-        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, **common)
+        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, init=cfg.init, **common)
     if name == "vae":
         return models.VAE(obs_dim, cfg.latent_dim, beta=cfg.vae_beta, **common)
     if name == "ar":
