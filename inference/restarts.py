@@ -113,10 +113,10 @@ def fit_restarts(
     check_nonnegative_int("seed", seed)
     if score_rows is not None:
         check_positive_int("score_rows", score_rows)
-    for key in ("seed", "model", "replicas"):
+    for key in ("replicas", "replica_batches", "strategy"):
         if key in fit_kwargs:
-            raise TypeError(f"fit_restarts sets {key!r} itself; remove it from the keyword "
-                            "arguments")
+            raise TypeError(f"fit_restarts trains one model at a time; remove {key!r} from the "
+                            "keyword arguments")
     best: RestartResult | None = None
     runs: list[dict[str, Any]] = []
     for r in range(restarts):
