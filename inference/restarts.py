@@ -131,7 +131,14 @@ def fit_restarts(
                       else Path(checkpoint_dir) / f"restart{r}",
                       metrics_tags={**(metrics_tags or {}), "restart": r}, **fit_kwargs)
         seconds = time.perf_counter() - start
-        value = _score(model, context, target, score, score_rows)
+        try:
+            value = _score(model, context, target, score, score_rows)
+        except ValueError as exc:  # e.g. too few rows for the predictive information
+            if restarts > 1:
+                raise ValueError(f"cannot score restart {r} to choose among restarts: {exc}"
+                                 ) from exc
+            logger.warning("no selection score for the single run: %s", exc)
+            value = -math.inf
         record = {"restart": r, "seed": s, "score": value, "final_loss": history.final_loss,
                   "seconds": round(seconds, 3)}
         runs.append(record)

@@ -143,3 +143,13 @@ def test_fit_restarts_default_score_and_validation(tv_data, tmp_path):
         fit_restarts(lambda: VJEPA(ctx.shape[1], 4), ctx, tgt, replicas=2)
     with pytest.raises(TypeError, match="build"):
         fit_restarts(VJEPA(ctx.shape[1], 4), ctx, tgt)
+
+
+def test_a_single_run_needs_no_score_but_a_choice_does(tv_data):
+    ctx, tgt = tv_data[0][:8], tv_data[1][:8]  # too few rows for the predictive information
+    one = fit_restarts(lambda: VJEPA(ctx.shape[1], 4), ctx, tgt, restarts=1, steps=2,
+                       progress=False)
+    assert one.index == 0 and one.score == -math.inf
+    with pytest.raises(ValueError, match="cannot score restart 0"):
+        fit_restarts(lambda: VJEPA(ctx.shape[1], 4), ctx, tgt, restarts=2, steps=2,
+                     progress=False)
