@@ -114,6 +114,7 @@ from bjepa.inference.fit import (
     _resolve_device,
     _rewind_metrics,
     check_fit_args,
+    data_start,
     make_elbo,
     set_seed,
 )
@@ -723,11 +724,7 @@ def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
         _check_resume_config(payload["training"]["config"], config, warmup_steps, latest)
         warmup_steps = payload["training"]["config"]["warmup_steps"]
     else:
-        data_init = getattr(model, "init", "random") == "cca" and target is not None
-        if data_init:
-            model.init_from_data(context, target)
-        if warmup_steps is None:
-            warmup_steps = steps // 10 if data_init else 0
+        warmup_steps = data_start(model, context, target, steps, warmup_steps)
     config["warmup_steps"] = warmup_steps
 
     loss_fn = make_elbo(elbo, num_particles)

@@ -45,7 +45,7 @@ from pyro.infer.abstract_infer import TracePosterior
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
 
-from bjepa._util import progress_bar
+from bjepa._util import progress_bar, seeded
 from bjepa._validation import (
     check_choice,
     check_nonnegative_int,
@@ -120,6 +120,35 @@ def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting
 
         return CompiledELBO(base, strict=strict)
     return base
+
+
+def per_row_loss(loss_fn: ELBO, model: Any, context: torch.Tensor,
+                 target: torch.Tensor | None, *, seed: int | None = None,
+                 chunk: int | None = None) -> float:
+    """``loss_fn``'s negative ELBO of ``model`` per row of ``(context, target)``, without
+    gradients, on a fork of torch's RNG seeded with ``seed`` (``None``: unseeded; the caller's
+    stream is not advanced either way), ``chunk`` rows at a time (``None``: all at once)."""
+    n = context.shape[0]
+    step = chunk or n
+    total = 0.0
+    with torch.no_grad(), seeded(seed, context.device, isolate=True):
+        for i in range(0, n, step):
+            tgt = None if target is None else target[i:i + step]
+            total += float(loss_fn.loss(model.model, model.guide, context[i:i + step], tgt))
+    return total / n
+
+
+def data_start(model: Any, context: torch.Tensor, target: torch.Tensor | None, steps: int,
+               warmup_steps: int | None) -> int:
+    """Give ``model`` its data-dependent start (``init="cca"`` and a target) and return the
+    encoder warm-up: ``warmup_steps``, or by default 10 % of ``steps`` after a data start and
+    none otherwise."""
+    data_init = getattr(model, "init", "random") == "cca" and target is not None
+    if data_init:
+        model.init_from_data(context, target)
+    if warmup_steps is None:
+        warmup_steps = steps // 10 if data_init else 0
+    return warmup_steps
 
 
 def resolve_elbo(elbo: str, model: Any, steps: int) -> str:
@@ -598,11 +627,7 @@ def _fit(model: Any, context: torch.Tensor, target: torch.Tensor | None,
         _check_resume_config(payload["training"]["config"], config, warmup_steps, latest)
         warmup_steps = payload["training"]["config"]["warmup_steps"]
     else:
-        data_init = getattr(model, "init", "random") == "cca" and target is not None
-        if data_init:
-            model.init_from_data(context, target)
-        if warmup_steps is None:
-            warmup_steps = steps // 10 if data_init else 0
+        warmup_steps = data_start(model, context, target, steps, warmup_steps)
     config["warmup_steps"] = warmup_steps
 
     loss_fn = make_elbo(elbo, num_particles, getattr(model, "max_plate_nesting", 1),

@@ -11,7 +11,6 @@ agreement is to float rounding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,9 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         _fit,
         _resolve_device,
         check_fit_args,
+        data_start,
         make_elbo,
+        per_row_loss,
         resolve_elbo,
         set_seed,
     )
@@ -118,9 +119,6 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
     chunk = auto_chunk(r_total, n, ctx_all.shape[2]) if replicas is None else \
         check_positive_int("replicas", replicas)
     dev = _resolve_device(device, models[0])
-    data_init = getattr(models[0], "init", "random") == "cca" and tgt_all is not None
-    if warmup_steps is None:
-        warmup_steps = steps // 10 if data_init else 0
 
     histories: list[Any] = []
     bar = progress_bar(r_total, progress and r_total > chunk, "replica chunks", unit="model")
@@ -133,9 +131,9 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
             ctx = ctx_all[lo:lo + chunk].to(device=dev, dtype=dtype)
             tgt = None if tgt_all is None else tgt_all[lo:lo + chunk].to(device=dev,
                                                                           dtype=dtype)
-            if data_init:
-                for i, m in enumerate(members):
-                    m.init_from_data(ctx[i], tgt[i])
+            for i, m in enumerate(members):  # same class and arguments: the same warm-up
+                warmup = data_start(m, ctx[i], None if tgt is None else tgt[i], steps,
+                                    warmup_steps)
             chunk_seeds = seeds[lo:lo + chunk]
             stack = ReplicaStack(members, None if None in chunk_seeds else chunk_seeds,
                                  replica_batches)
@@ -146,7 +144,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
             with pyro.validation_enabled(False):
                 hist = _fit(stack, ctx, tgt, None, steps=steps, lr=lr, batch_size=batch_size,
                             seed=chunk_seeds[0], elbo=elbo, num_particles=num_particles,
-                            warmup_steps=warmup_steps, progress=progress and r_total <= chunk,
+                            warmup_steps=warmup, progress=progress and r_total <= chunk,
                             log_every=log_every,
                             metrics_path=Path(metrics_path) if metrics_path else None,
                             metrics_tags={**(metrics_tags or {}),
@@ -156,8 +154,8 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
             unstack_into(stack, members)
             loss_fn = make_elbo(resolve_elbo(elbo, stack, steps), num_particles)
             for i, m in enumerate(members):
-                own = _final_loss(loss_fn, m, ctx[i], None if tgt is None else tgt[i],
-                                  chunk_seeds[i])
+                own = per_row_loss(loss_fn, m, ctx[i], None if tgt is None else tgt[i],
+                                   seed=chunk_seeds[i])
                 h = type(hist)(records=[dict(rec) for rec in hist.records], elbo=hist.elbo,
                                seconds=hist.seconds / len(members),
                                stopped_early=hist.stopped_early,
@@ -171,13 +169,3 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         if bar is not None:
             bar.close()
     return histories
-
-
-def _final_loss(loss_fn: Any, model: Any, context: torch.Tensor, target: torch.Tensor | None,
-                seed: int | None) -> float:
-    """One replica's own per-observation negative ELBO after training (its RNG forked)."""
-    with torch.random.fork_rng(devices=[] if context.device.type == "cpu" else [context.device]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        value = float(loss_fn.loss(model.model, model.guide, context, target))
-    return value / context.shape[0] if math.isfinite(value) else value

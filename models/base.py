@@ -27,7 +27,6 @@ __all__ = [
     "canonical_directions",
     "init_input_layer",
     "last_linear",
-    "predictive_information_score",
     "rows",
 ]
 
@@ -73,15 +72,6 @@ def init_input_layer(encoder: nn.Module, context: torch.Tensor, target: torch.Te
     hook = getattr(encoder, "init_first_layer", None)
     if hook is not None:
         hook(context, target)
-
-
-def predictive_information_score(z_context: torch.Tensor, z_target: torch.Tensor) -> float:
-    """``I(z_C; z_T)`` (nats, Gaussian estimate) of a predictive model's context latents and
-    target latents: the selection score of VJEPA, BJEPA and JEPA restarts. Their training
-    objectives are not comparable across restarts — VJEPA's falls without bound as the latent
-    scale shrinks (collapsed restarts have the *lowest* loss) — while this score is
-    scale-invariant and is 0 for a collapsed or unpredictable representation."""
-    return predictive_information(z_context.double(), z_target.double())
 
 
 class WorldModel(PyroModule):
@@ -225,21 +215,24 @@ class WorldModel(PyroModule):
         that is comparable across training restarts on the same data
         (:func:`bjepa.inference.fit_restarts` keeps the best restart).
 
-        Default: the ELBO per row (one particle, RNG forked and seeded with ``seed``, evaluated in
-        chunks of ``chunk`` rows). Models whose objective is not comparable across restarts
-        override it (VJEPA, BJEPA and JEPA use the predictive information of their latents).
+        Models with an EMA target encoder (VJEPA, BJEPA, JEPA) score the predictive information
+        ``I(f_θ(x_C); f_θ'(x_T))`` (nats, Gaussian estimate,
+        :func:`bjepa.metrics.predictive_information`): their training objectives are not
+        comparable across restarts — VJEPA's falls without bound as the latent scale shrinks, so
+        collapsed restarts have the *lowest* loss — while this score is scale-invariant and 0 for
+        a collapsed or unpredictable representation. Other models score the ELBO per row (one
+        ``Trace_ELBO`` particle on a fork of the RNG seeded with ``seed``, ``chunk`` rows at a
+        time).
         """
+        context, target = self.check_inputs(context, target)
+        if self._ema is not None and target is not None:
+            return predictive_information(self.encode(context).double(),
+                                          self._ema(self.as_input("target", target)).double())
         from pyro.infer import Trace_ELBO
 
-        context, target = self.check_inputs(context, target)
-        elbo, total = Trace_ELBO(), 0.0
-        devices = [] if context.device.type == "cpu" else [context.device]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for i in range(0, context.shape[0], chunk):
-                tgt = None if target is None else target[i:i + chunk]
-                total += float(elbo.loss(self.model, self.guide, context[i:i + chunk], tgt))
-        return -total / context.shape[0]
+        from bjepa.inference.fit import per_row_loss  # not at the top: inference imports models
+
+        return -per_row_loss(Trace_ELBO(), self, context, target, seed=seed, chunk=chunk)
 
     def named_pyro_params(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters trained by SVI (the EMA target is not among them)."""

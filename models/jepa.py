@@ -12,21 +12,12 @@ the same SVI loop as the probabilistic models.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyro
 import torch
 
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import (
-    WorldModel,
-    predictive_information_score,
-    rows,
-    tau_spec,
-    to_pyro,
-    validated_init,
-)
+from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 
 __all__ = ["JEPA", "vicreg_loss"]
@@ -98,12 +89,3 @@ class JEPA(WorldModel):
         """The deterministic prediction of the next latent."""
         with torch.no_grad():
             return self.predictor(self.context_encoder(context))
-
-    def selection_score(self, context: torch.Tensor, target: torch.Tensor | None = None,
-                        **kwargs: Any) -> float:
-        """Predictive information ``I(f_θ(x_C); f_θ'(x_T))`` on the given pairs (see
-        :func:`~bjepa.models.base.predictive_information_score`); higher is better."""
-        context, target = self.check_inputs(context, target)
-        with torch.no_grad():
-            return predictive_information_score(self.encode(context),
-                                                self._ema(self.as_input("target", target)))

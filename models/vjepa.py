@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -35,14 +34,7 @@ from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive, check_positive_int
 from bjepa.inference.ema import TauSchedule
-from bjepa.models.base import (
-    WorldModel,
-    predictive_information_score,
-    rows,
-    tau_spec,
-    to_pyro,
-    validated_init,
-)
+from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 from bjepa.models.heads import make_head, positive_scale
 
@@ -146,10 +138,3 @@ class VJEPA(WorldModel):
     def encode_target(self, x: torch.Tensor) -> torch.Tensor:
         """The EMA target encoder's mean latent ``μ_θ'(x)``."""
         return self._ema(self.as_input("x", x))
-
-    def selection_score(self, context: torch.Tensor, target: torch.Tensor | None = None,
-                        **kwargs: Any) -> float:
-        """Predictive information ``I(f_θ(x_C); μ_θ'(x_T))`` on the given pairs (see
-        :func:`~bjepa.models.base.predictive_information_score`); higher is better."""
-        context, target = self.check_inputs(context, target)
-        return predictive_information_score(self.encode(context), self.encode_target(target))

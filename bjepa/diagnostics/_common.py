@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +42,6 @@ def jsonable(value: Any) -> Any:
         value = float(value)
         return value if math.isfinite(value) else None
     return value
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
-    """Run a block with torch's RNG seeded, restoring the caller's RNG state afterwards."""
-    if seed is None:
-        yield
-        return
-    devices = []
-    if device is not None and device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def model_label(model: Any) -> str:

@@ -21,8 +21,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 
+from bjepa._util import seeded
 from bjepa._validation import check_positive_int, check_tensor
-from bjepa.diagnostics._common import seeded
 from bjepa.diagnostics.calibration import Forecast, _gaussian_marginals
 
 __all__: list[str] = []

@@ -27,8 +27,9 @@ from pyro import poutine
 from pyro.infer.importance import psis_diagnostic
 from pyro.ops.stats import fit_generalized_pareto
 
+from bjepa._util import seeded
 from bjepa._validation import check_positive_int
-from bjepa.diagnostics._common import import_arviz, jsonable, seeded
+from bjepa.diagnostics._common import import_arviz, jsonable
 from bjepa.diagnostics._views import _device, latent_sites
 
 __all__ = ["global_latent_sites", "guide_psis_khat", "khat_verdict", "loo_summary"]

@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
+from bjepa._util import seeded
 from bjepa._validation import check_tensor
-from bjepa.diagnostics._common import jsonable, model_label, seeded, write_text
+from bjepa.diagnostics._common import jsonable, model_label, write_text
 from bjepa.diagnostics._views import sample_draws, view_of
 from bjepa.diagnostics.calibration import (
     LEVELS,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pyro.distributions import Normal
 
+from bjepa._util import seeded
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.diagnostics import calibrate, collapse_diagnostics, fit_linear_probe
@@ -259,8 +260,7 @@ def run_grid(cfg: SweepConfig, param: str, values: Sequence[Any], build: Builder
                                metrics_tags={param: value, "sigma": sigma, "seed": seed},
                                checkpoint_dir=ckdir, checkpoint_every=every, keep_last=1,
                                resume=resume)
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(seed)
+                    with seeded(seed):
                         metrics = evaluate(model, train, test,
                                            calibration_draws=cfg.calibration_draws)
                     row = {param: value, "sigma": sigma, "seed": seed, **metrics,
