@@ -13,7 +13,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from bjepa._validation import check_choice, check_tensor
-from bjepa.inference.ema import (
+from bjepa.models.ema import (
     EMATarget,
     TauSchedule,
     constant_tau,

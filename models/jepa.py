@@ -16,7 +16,7 @@ import pyro
 import torch
 
 from bjepa._validation import check_nonnegative, check_positive_int
-from bjepa.inference.ema import TauSchedule
+from bjepa.models.ema import TauSchedule
 from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 
