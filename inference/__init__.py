@@ -3,12 +3,12 @@ compiled ELBO, EMA targets, schedules, checkpoints."""
 
 from bjepa.inference.checkpoint import CheckpointError, load_model, save_checkpoint
 from bjepa.inference.distributed import fit_ddp, init_distributed, is_rank_zero
-from bjepa.models.ema import EMATarget, constant_tau, cosine_tau, make_tau_schedule
 from bjepa.inference.fit import ELBOS, FusedSVI, NonFiniteLossError, TrainingHistory, fit
 from bjepa.inference.jit import CompiledELBO
 from bjepa.inference.replicas import fit_replicas
 from bjepa.inference.restarts import RestartResult, fit_restarts, restart_seed
 from bjepa.inference.weights import nuts_posterior, posterior_summary, svi_weight_posterior
+from bjepa.models.ema import EMATarget, constant_tau, cosine_tau, make_tau_schedule
 
 __all__ = [
     "ELBOS",

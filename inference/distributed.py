@@ -121,6 +121,8 @@ from bjepa.inference.fit import (
 
 __all__ = [
     "DistributedContext",
+    "agree",
+    "broadcast",
     "fit_ddp",
     "init_distributed",
     "is_rank_zero",
@@ -243,7 +245,7 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _agree(ctx: DistributedContext, error: BaseException | None) -> None:
+def agree(ctx: DistributedContext, error: BaseException | None) -> None:
     """Make every process fail together when one of them failed (so none waits forever at the
     next collective). The failing process re-raises its own error; the others raise one of the
     same type naming the failing rank."""
@@ -262,7 +264,7 @@ def _agree(ctx: DistributedContext, error: BaseException | None) -> None:
             raise kind(f"process {rank} failed: {item[1]}")
 
 
-def _broadcast(ctx: DistributedContext, value: Any) -> Any:
+def broadcast(ctx: DistributedContext, value: Any) -> Any:
     """Rank 0's ``value`` on every process."""
     if ctx.world_size == 1:
         return value
@@ -481,7 +483,7 @@ def _sync_rng(ctx: DistributedContext, dev: torch.device) -> None:
     noise)."""
     if ctx.world_size == 1:
         return
-    states = _broadcast(ctx, _rng_states(dev))
+    states = broadcast(ctx, _rng_states(dev))
     torch.set_rng_state(states[0])
     if dev.type == "cuda":
         torch.cuda.set_rng_state(states[1], dev)
@@ -638,9 +640,9 @@ def fit_ddp(
     if ctx.rank == 0 and checkpoint_dir is not None:
         try:
             manager = CheckpointManager(checkpoint_dir, keep_last=keep_last)
-        except Exception as err:  # noqa: BLE001 - sent to every rank by _agree
+        except Exception as err:  # noqa: BLE001 - sent to every rank by agree
             error = err
-    _agree(ctx, error)
+    agree(ctx, error)
     try:
         return _fit_ddp(model, context, target, manager, ctx, shard, dev, steps=steps, lr=lr,
                         batch_size=batch_size, seed=seed, elbo=elbo,
@@ -707,10 +709,10 @@ def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
                     f"{latest.name}); pass resume=True to continue that run or choose an empty "
                     "folder")
             found = None if latest is None else (str(latest), load_checkpoint(latest))
-        except Exception as err:  # noqa: BLE001 - sent to every rank by _agree
+        except Exception as err:  # noqa: BLE001 - sent to every rank by agree
             error = err
-    _agree(ctx, error)
-    found = _broadcast(ctx, found)
+    agree(ctx, error)
+    found = broadcast(ctx, found)
     latest = None if found is None else Path(found[0])
     payload = None if found is None else found[1]
     if payload is not None:
@@ -890,7 +892,7 @@ def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
                     bar.set_postfix(loss=f"{loss / n:.4f}")
                 if callback is not None:
                     stop = bool(callback(step, record)) if rank0 else False
-                    stop = bool(_broadcast(ctx, stop))
+                    stop = bool(broadcast(ctx, stop))
                     history.stopped_early = stop
             if bar is not None:
                 bar.update(1)
@@ -904,7 +906,7 @@ def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
                 f"last good checkpoint: {history.last_checkpoint or 'none'}; lower lr")
         _check_in_sync(ctx, model, dev, completed)
         save(completed)
-        last = _broadcast(ctx, None if history.last_checkpoint is None
+        last = broadcast(ctx, None if history.last_checkpoint is None
                           else str(history.last_checkpoint))
         history.last_checkpoint = None if last is None else Path(last)
     finally:

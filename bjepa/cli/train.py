@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     from bjepa.data import noisy_tv
     from bjepa.experiments.noisy_tv import build_model, probe
     from bjepa.inference.checkpoint import CheckpointError, save_checkpoint
-    from bjepa.inference.distributed import _agree, _broadcast, fit_ddp
+    from bjepa.inference.distributed import agree, broadcast
     from bjepa.inference.fit import NonFiniteLossError, fit, set_seed
     from bjepa.runs import RunFolder, default_run_dir
 
@@ -149,8 +149,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
             if folder is not None:
                 folder.close()
             error = err
-    _agree(ctx, error)
-    cfg, out = _broadcast(ctx, setup)
+    agree(ctx, error)
+    cfg, out = broadcast(ctx, setup)
     try:
         exp = _experiment_config(cfg)
         train, test = noisy_tv.make_split(cfg["sigma"], cfg["seed"],
@@ -164,9 +164,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
                   f"σ={cfg['sigma']:g} seed={cfg['seed']}: {steps} steps, batch "
                   f"{cfg['batch_size'] or 'full'}, {ctx.world_size} process(es) "
                   f"({cfg['strategy']}) → {out}")
-        train_fn = fit_ddp if cfg["strategy"] == "ddp" else fit
         try:
-            hist = train_fn(
+            hist = fit(
                 model, train.obs[:-1], train.obs[1:], steps=steps, lr=cfg["lr"],
                 batch_size=cfg["batch_size"], seed=cfg["seed"], device=cfg["device"],
                 progress=cfg["progress"] and rank0,
@@ -175,7 +174,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
                 metrics_tags={"model": cfg["model"], "sigma": cfg["sigma"], "seed": cfg["seed"]},
                 checkpoint_dir=f"{out}/checkpoints",
                 checkpoint_every=cfg["checkpoint_every"] or max(steps // 10, 50), keep_last=2,
-                resume=args.resume)
+                resume=args.resume, strategy=cfg["strategy"])
         except (CheckpointError, NonFiniteLossError) as err:
             if rank0:
                 print(f"bjepa train: error: {err}", file=sys.stderr)
