@@ -1,4 +1,4 @@
-"""Priors for BJEPA — one interface for both kinds (SPEC §2).
+"""Priors for BJEPA — one interface for both kinds (docs/method.md#bjepa-two-kinds-of-prior).
 
 **Latent priors** are experts over the target latent ``z`` in the product of experts::
 

@@ -1,5 +1,7 @@
-"""Atari with a "noisy TV" (SPEC §4.6): do predictive world models keep the game state and
+"""Atari with a "noisy TV": do predictive world models keep the game state and
 ignore a loud, unpredictable distractor on real pixels?
+
+See docs/method.md#natural-video-atari.
 
 Records Pong with a sticky random policy (cached), overlays a distractor of strength σ, trains
 VJEPA and the baselines with convolutional encoders on frame stacks, and probes each frozen

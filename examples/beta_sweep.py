@@ -1,4 +1,6 @@
-"""β sweep (SPEC §4.2): how VJEPA's KL weight moves it from over-confident to collapsed.
+"""β sweep: how VJEPA's KL weight moves it from over-confident to collapsed.
+
+See docs/method.md#beta-sweep.
 
 Trains one VJEPA per β × σ × seed on Noisy TV and reports, per β, the signal/distractor probe
 R², active units, KL per dimension, 90 % coverage and NLL (mean ± sd over seeds). Writes a run

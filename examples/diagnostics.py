@@ -1,4 +1,4 @@
-"""Diagnostics (SPEC §5): can a trained world model's uncertainty be trusted?
+"""Diagnostics (docs/method.md#diagnostics): can a trained world model's uncertainty be trusted?
 
 Trains VJEPA on the linear Noisy TV world at one or more KL weights β, then diagnoses each on
 held-out data: calibration of the predictive distribution for the next latent (coverage, PIT,

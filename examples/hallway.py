@@ -1,5 +1,7 @@
-"""Forking hallway (SPEC §4.5): a Gaussian predictor head averages the two futures into the
+"""Forking hallway: a Gaussian predictor head averages the two futures into the
 wall; a mixture density network (MDN) head keeps both.
+
+See docs/method.md#multimodal-hallway.
 
 An agent walks a corridor that forks; at the junction it turns left or right with probability
 ½. VJEPA (linear encoder, MLP predictor) is trained with each head on observation pairs

@@ -1,5 +1,7 @@
-"""Latent MPC (SPEC §4.4): plan with an action-conditioned VJEPA on a control task seen through
+"""Latent MPC: plan with an action-conditioned VJEPA on a control task seen through
 the Noisy TV, and compare planning on the predictive mean with planning on sampled futures.
+
+See docs/method.md#sampling-based-mpc.
 
 The goal sits next to an unsafe region. A planner that trusts the predictive mean drives the
 state onto the goal and steps over the edge whenever the noise pushes; a planner that scores

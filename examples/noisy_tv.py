@@ -1,4 +1,6 @@
-"""Noisy TV (SPEC §4.1): does the model keep the slow signal and ignore the loud distractor?
+"""Noisy TV: does the model keep the slow signal and ignore the loud distractor?
+
+See docs/method.md#noisy-tv.
 
 Trains VJEPA and the baselines on the linear Noisy TV world, then probes each frozen
 representation with ordinary least squares for the true signal and for the distractor.

@@ -1,4 +1,6 @@
-"""EMA τ ablation (SPEC §4.3): does the target encoder's momentum matter for VJEPA?
+"""EMA τ ablation: does the target encoder's momentum matter for VJEPA?
+
+See docs/method.md#ema-tau-ablation.
 
 Trains one VJEPA per τ × σ × seed on Noisy TV — τ = 0 makes the target a stop-gradient copy of
 the context encoder, ``cosine:0.99:1`` ramps τ from 0.99 to 1 — and reports the signal and

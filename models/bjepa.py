@@ -1,5 +1,5 @@
-"""BJEPA: VJEPA with priors (SPEC §2) — a structural prior on the target latent (product of
-experts) and, optionally, a prior over the predictor's weights.
+"""BJEPA: VJEPA with priors — a structural prior on the target latent (product of experts)
+and, optionally, a prior over the predictor's weights (docs/method.md#bjepa-two-kinds-of-prior).
 
 Generative story (per pair; ``w`` only with ``weight_prior``)::
 

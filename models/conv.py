@@ -1,4 +1,4 @@
-"""Convolutional encoders and decoders for frame stacks (Atari, SPEC §4.6).
+"""Convolutional encoders and decoders for frame stacks (Atari, docs/method.md#natural-video-atari).
 
 Every model in :mod:`bjepa.models` takes *flat* observations ``(N, obs_dim)``. A frame stack of
 ``k`` grayscale frames of ``H × W`` pixels is passed flat, ``obs_dim = k·H·W``, in C order

@@ -1,4 +1,6 @@
-"""Mixture-density predictor head: a multimodal ``p_φ(z_T | z_C)`` (SPEC §1, §4.5).
+"""Mixture-density predictor head: a multimodal ``p_φ(z_T | z_C)``.
+
+See docs/method.md#predictor-heads and docs/method.md#multimodal-hallway.
 
 A single Gaussian head can only put its mass around one point; when the future branches (an
 agent at a fork turns left or right) its mean falls between the branches. The mixture density

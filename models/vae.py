@@ -1,6 +1,6 @@
 """Generative baselines: the VAE (reconstructs ``x_t``) and the autoregressive next-frame model
-(predicts ``x_{t+1}`` through a latent bottleneck). Both are the "Noisy TV" victims of SPEC §3:
-to explain the pixels they must spend latent capacity on the distractor.
+(predicts ``x_{t+1}`` through a latent bottleneck). Both are the "Noisy TV" victims
+(docs/method.md#baselines): to explain the pixels they must spend latent capacity on the distractor.
 
 Generative story (VAE; AR replaces the reconstructed frame by the next frame)::
 

@@ -1,4 +1,4 @@
-"""VJEPA: a variational joint-embedding predictive architecture (SPEC §1).
+"""VJEPA: a variational joint-embedding predictive architecture (docs/method.md#the-models).
 
 The generative story, per pair ``(x_C, x_T)`` of context and target frames::
 

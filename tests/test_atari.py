@@ -1,4 +1,6 @@
-"""Atari (SPEC §4.6): conv encoders, ALE data and labels, distractors, caching, the experiment."""
+"""Atari: conv encoders, ALE data and labels, distractors, caching, the experiment.
+
+See docs/method.md#natural-video-atari."""
 
 import json
 

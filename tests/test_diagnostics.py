@@ -1,5 +1,7 @@
-"""Diagnostics (SPEC §5, issue 5): calibration, collapse, importance sampling, InferenceData
-export and ``bjepa diagnose``."""
+"""Diagnostics (issue 5): calibration, collapse, importance sampling, InferenceData
+export and ``bjepa diagnose``.
+
+See docs/method.md#diagnostics."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""The forking hallway and the mixture-density head (SPEC §4.5).
+"""The forking hallway and the mixture-density head (docs/method.md#multimodal-hallway).
 
 Closed-form checks of the MDN head (normalised weights, log-density against a hand-written
 mixture, the VJEPA ELBO identity with an MDN predictor), the data's ground truth, the

@@ -1,5 +1,7 @@
-"""Latent MPC (SPEC §4.4): the control task, the action-conditioned models, the LQR oracle,
-the planners' batching contracts, and the headline behaviour on a small configuration."""
+"""Latent MPC: the control task, the action-conditioned models, the LQR oracle,
+the planners' batching contracts, and the headline behaviour on a small configuration.
+
+See docs/method.md#sampling-based-mpc."""
 
 import json
 

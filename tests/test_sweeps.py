@@ -1,5 +1,7 @@
-"""The β sweep and the EMA τ ablation (SPEC §4.2–4.3): direction of the β ends, τ = 0 as a
-stop-gradient copy, the CLI run folders, resume and validation."""
+"""The β sweep and the EMA τ ablation: direction of the β ends, τ = 0 as a
+stop-gradient copy, the CLI run folders, resume and validation.
+
+See docs/method.md#beta-sweep and docs/method.md#ema-tau-ablation."""
 
 import json
 

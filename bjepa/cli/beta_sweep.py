@@ -1,4 +1,6 @@
-"""``bjepa beta-sweep``: VJEPA's KL weight β on a log grid on Noisy TV (SPEC §4.2)."""
+"""``bjepa beta-sweep``: VJEPA's KL weight β on a log grid on Noisy TV.
+
+See docs/method.md#beta-sweep."""
 
 from __future__ import annotations
 

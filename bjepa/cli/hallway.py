@@ -1,5 +1,5 @@
 """``bjepa hallway``: a forking hallway — Gaussian vs mixture-density predictor head
-(SPEC §4.5)."""
+(docs/method.md#multimodal-hallway)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``bjepa mpc``: sampling-based planning in the latent space of an action-conditioned VJEPA
-on a linear control task seen through the Noisy TV (SPEC §4.4)."""
+on a linear control task seen through the Noisy TV (docs/method.md#sampling-based-mpc)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``bjepa noisy-tv``: the Noisy TV reproduction (SPEC §4.1)."""
+"""``bjepa noisy-tv``: the Noisy TV reproduction (docs/method.md#noisy-tv)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""``bjepa tau-ablation``: VJEPA's EMA target momentum τ on Noisy TV (SPEC §4.3).
+"""``bjepa tau-ablation``: VJEPA's EMA target momentum τ on Noisy TV.
+
+See docs/method.md#ema-tau-ablation.
 
 τ = 0 makes the target encoder a stop-gradient copy of the context encoder; ``cosine:a:b``
 ramps τ from a to b over training."""

@@ -1,4 +1,6 @@
-"""Atari frames with ground truth from the console RAM, plus "noisy TV" distractors (SPEC §4.6).
+"""Atari frames with ground truth from the console RAM, plus "noisy TV" distractors.
+
+See docs/method.md#natural-video-atari.
 
 Frames come from the Arcade Learning Environment through ``ale-py`` (the ROMs ship in its
 wheel; nothing is downloaded). One *episode* is a game from ``reset`` (plus a random number of

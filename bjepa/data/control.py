@@ -1,4 +1,6 @@
-"""A linear control task seen through the Noisy TV (SPEC §4.4): reach a goal next to a cliff.
+"""A linear control task seen through the Noisy TV: reach a goal next to a cliff.
+
+See docs/method.md#sampling-based-mpc.
 
 The true system (state ``s``, action ``u``, distractor ``d``)::
 

@@ -1,4 +1,4 @@
-"""A 2-D hallway that forks: a world whose future is bimodal (SPEC §4.5).
+"""A 2-D hallway that forks: a world whose future is bimodal (docs/method.md#multimodal-hallway).
 
 The hallway is a straight corridor (the *trunk*) along the x-axis that ends at a junction
 ``J = (0, 0)``; from there two branches leave at ``± branch_angle`` from straight ahead, the

@@ -1,4 +1,4 @@
-"""The linear "Noisy TV" world of SPEC §4.1.
+"""The linear "Noisy TV" world (docs/method.md#noisy-tv).
 
 A slowly rotating signal ``s_t`` and a fast, high-variance distractor ``d_t`` are mixed into
 the observation::
@@ -139,7 +139,7 @@ def make_split(
     distractor_dim: int = 4,
     standardize: bool = True,
 ) -> tuple[NoisyTV, NoisyTV]:
-    """Train and test trajectories of one Noisy TV system (SPEC §4.1 defaults).
+    """Train and test trajectories of one Noisy TV system (defaults of docs/method.md#noisy-tv).
 
     :param sigma: distractor strength σ >= 0.
     :param seed: seeds the system matrices and both trajectories.

@@ -1,5 +1,7 @@
-"""Posterior diagnostics with ArviZ (SPEC §5): can a trained world model's uncertainty be
+"""Posterior diagnostics with ArviZ: can a trained world model's uncertainty be
 trusted?
+
+See docs/method.md#diagnostics.
 
 - :func:`to_inference_data` — posterior, posterior predictive, observed data and per-observation
   log-likelihood as ``arviz.InferenceData`` (NetCDF via :func:`save_inference_data`).

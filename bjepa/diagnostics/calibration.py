@@ -1,4 +1,4 @@
-"""Calibration of a world model's predictive distribution (SPEC §5).
+"""Calibration of a world model's predictive distribution (docs/method.md#diagnostics).
 
 For ``N`` observed vectors ``y_n ∈ R^D`` (e.g. the target encoder's latent of the next frame)
 and a predictive distribution ``p_n`` for each, this module computes, per dimension and

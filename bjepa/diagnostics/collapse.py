@@ -1,11 +1,11 @@
-"""Posterior and representation collapse (SPEC §1 "Collapse", §5).
+"""Posterior and representation collapse (docs/method.md#collapse).
 
 Four symptoms, measured per latent dimension ``d`` of the target posterior
 ``q(z_T | x_T) = N(μ(x_T), diag σ²(x_T))`` and on the context representation ``z_C = f_θ(x_C)``:
 
 - **per-dimension KL** ``E_x KL(q(z_d | x) ‖ p(z_d))`` to the prior (nats);
 - **active units**: ``Var_x E_q[z_d | x]``, the classic statistic of Burda et al. (2016), with
-  the spec's threshold 0.01. *Scale.* The classic threshold is stated in units of the prior
+  the usual threshold 0.01. *Scale.* The classic threshold is stated in units of the prior
   ``N(0, 1)``, and it presumes a VAE near its optimum, where the aggregate posterior matches
   the prior: ``Var_x μ_d + E_x σ_d² ≈ 1``. A VJEPA does not have that anchor — its target mean
   is an EMA of a (here linear) encoder that the KL never sees, so the scale of ``μ`` is

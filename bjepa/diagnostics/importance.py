@@ -1,4 +1,6 @@
-"""Importance-sampling diagnostics (SPEC §5): PSIS k̂ of an SVI guide and PSIS-LOO.
+"""Importance-sampling diagnostics: PSIS k̂ of an SVI guide and PSIS-LOO.
+
+See docs/method.md#diagnostics.
 
 - :func:`guide_psis_khat` — Pareto k̂ of the importance weights ``p(w, data) / q(w)`` of the
   guide's **global** latents (Yao et al. 2018, via

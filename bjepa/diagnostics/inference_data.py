@@ -1,4 +1,6 @@
-"""Export a trained world model's posterior to :class:`arviz.InferenceData` (SPEC §5).
+"""Export a trained world model's posterior to :class:`arviz.InferenceData`.
+
+See docs/method.md#diagnostics.
 
 Groups (every sampled group has a leading ``chain`` axis of size 1 — SVI has one "chain" — then
 ``draw``):

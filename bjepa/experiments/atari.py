@@ -1,5 +1,7 @@
-"""Natural video (SPEC §4.6): Atari frames with a "noisy TV" distractor, convolutional encoders
+"""Natural video: Atari frames with a "noisy TV" distractor, convolutional encoders
 and probes of the frozen representations to the console-RAM ground truth.
+
+See docs/method.md#natural-video-atari.
 
 For each distractor strength σ and seed: record (or load from the cache) episodes of the game,
 add the distractor, standardise with training statistics, cut frame stacks, train every model
@@ -10,7 +12,7 @@ with a linear and a small MLP probe to the RAM labels, on separate test episodes
 frames ``t+1..t+k`` (not the stack shifted by one: overlapping stacks would let a JEPA
 "predict" the distractor in the frames the context and the target share). The VAE reconstructs
 the context stack, the AR model predicts the target stack; both decode all ``k`` frames with
-the transposed-convolution decoder. Probes follow SPEC §4.1: a representation of the context
+the transposed-convolution decoder. Probes follow Noisy TV: a representation of the context
 ending at ``t`` is probed against the labels at ``t + model.probe_offset`` (``t`` for the VAE,
 ``t+1`` for the predictive models), on rows where the labelled object is on screen.
 

@@ -1,5 +1,7 @@
-"""The forking-hallway experiment (SPEC §4.5): a Gaussian predictor head against a mixture
+"""The forking-hallway experiment: a Gaussian predictor head against a mixture
 density head when the future is bimodal.
+
+See docs/method.md#multimodal-hallway.
 
 For every seed and head, VJEPA is trained on ``(x_t, x_{t+h})`` pairs of the hallway in
 :mod:`bjepa.data.hallway` (no ground truth enters training). Evaluation happens in position

@@ -1,4 +1,6 @@
-"""Sampling-based MPC in the latent space of an action-conditioned VJEPA (SPEC §4.4).
+"""Sampling-based MPC in the latent space of an action-conditioned VJEPA.
+
+See docs/method.md#sampling-based-mpc.
 
 Per seed: draw a control task seen through the Noisy TV (:mod:`bjepa.data.control`), explore
 it with random actions, train :class:`~bjepa.models.action.ActionVJEPA` (or ``ActionBJEPA``)

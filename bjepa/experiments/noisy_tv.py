@@ -1,5 +1,7 @@
-"""The Noisy TV experiment (SPEC §4.1): train each model on each (σ, seed), probe the frozen
+"""The Noisy TV experiment: train each model on each (σ, seed), probe the frozen
 representation for the signal and for the distractor, and summarise.
+
+See docs/method.md#noisy-tv.
 
 Used by ``bjepa noisy-tv`` and ``examples/noisy_tv.py``.
 """
@@ -28,7 +30,8 @@ __all__ = ["MODEL_NAMES", "PAPER_SIGMA8", "NoisyTVConfig", "build_model", "run",
 
 logger = logging.getLogger(__name__)
 
-#: The paper's single-seed test signal R² at σ = 8 (SPEC §4.1), drawn as reference markers.
+#: The paper's single-seed test signal R² at σ = 8, drawn as reference markers
+#: (docs/method.md#noisy-tv).
 PAPER_SIGMA8 = {"vae": 0.499, "ar": 0.578, "jepa": 0.930, "vjepa": 0.870, "bjepa": 0.841}
 MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
 

@@ -1,4 +1,4 @@
-"""Hyper-parameter sweeps of VJEPA on Noisy TV (SPEC §4.2–4.3).
+"""Hyper-parameter sweeps of VJEPA on Noisy TV (docs/method.md#beta-sweep, #ema-tau-ablation).
 
 - :func:`run_beta_sweep` — the KL weight β on a log grid: from over-confident, barely
   regularised uncertainty at small β to collapse of the target posterior onto the prior at
@@ -287,8 +287,8 @@ def run_grid(cfg: SweepConfig, param: str, values: Sequence[Any], build: Builder
 
 def run_beta_sweep(cfg: BetaSweepConfig, folder: RunFolder | None = None, *,
                    resume: bool = False) -> list[dict[str, Any]]:
-    """The β sweep (SPEC §4.2); with a folder writes ``config.json``, ``results.csv/json``,
-    ``summary.json`` and ``beta_sweep.png``."""
+    """The β sweep (docs/method.md#beta-sweep); with a folder writes ``config.json``,
+    ``results.csv/json``, ``summary.json`` and ``beta_sweep.png``."""
     from bjepa.models import VJEPA
 
     cfg.validate()
@@ -308,7 +308,7 @@ def run_beta_sweep(cfg: BetaSweepConfig, folder: RunFolder | None = None, *,
 
 def run_tau_ablation(cfg: TauAblationConfig, folder: RunFolder | None = None, *,
                      resume: bool = False) -> list[dict[str, Any]]:
-    """The EMA τ ablation (SPEC §4.3); with a folder writes ``config.json``,
+    """The EMA τ ablation (docs/method.md#ema-tau-ablation); with a folder writes ``config.json``,
     ``results.csv/json``, ``summary.json`` and ``tau_ablation.png``."""
     from bjepa.models import VJEPA
 

@@ -1,4 +1,6 @@
-"""Planning in the latent space of an action-conditioned world model (SPEC §4.4).
+"""Planning in the latent space of an action-conditioned world model.
+
+See docs/method.md#sampling-based-mpc.
 
 - :mod:`.latent` — the task as costs on latents (:class:`LatentTask`, :func:`fit_decoder`),
   batched rollouts (:func:`rollout`) and linearisation (:func:`linearize`).

@@ -1,4 +1,4 @@
-"""Sampling-based model-predictive control in latent space (SPEC §4.4).
+"""Sampling-based model-predictive control in latent space (docs/method.md#sampling-based-mpc).
 
 Every planner here optimises an action sequence ``u_{0:H}`` with the cross-entropy method
 (CEM): draw ``N`` candidate sequences from a diagonal Gaussian, score them, refit the Gaussian
@@ -16,7 +16,8 @@ scored and where the search starts:
   :func:`~bjepa.planning.latent.rollout`), so their spread is that of a controller that keeps
   re-planning rather than of a frozen open-loop sequence.
 - :class:`GoalPriorPlanner` — (c) the sampling planner whose search starts from a proposal
-  built by BJEPA goal-prior fusion (SPEC §2.1): along the horizon, the predictive
+  built by BJEPA goal-prior fusion (docs/method.md#fusion-at-inference): along the
+  horizon, the predictive
   ``p(z_{k+1} | z_k, u_k)`` is multiplied by the goal prior ``N(z_goal, σ_goal² I)``
   (:func:`bjepa.priors.fuse`, a Kalman update in latent space); the action that moves the
   predictive mean onto the fused mean is the proposal. σ_goal sets how hard each step pulls:

@@ -7,7 +7,7 @@ in observation coordinates: a goal observation ``x_goal`` and an unsafe half-spa
 ``a_x · x > c`` of clean observations. A :class:`LatentTask` turns it into costs on latents:
 
 - the goal latent ``z_g`` is the target encoder's latent of the goal observation,
-  ``μ_θ'(x_goal)`` (the same latent the goal prior of SPEC §2.1 uses);
+  ``μ_θ'(x_goal)`` (the same latent as the BJEPA goal prior, docs/method.md#fusion-at-inference);
 - latent *differences* map to observation differences through the slope ``W`` of an affine
   decoder ``x ≈ W z + b`` fitted by least squares on exploration frames
   (:func:`fit_decoder`), so ``x̂(z) = x_goal + W (z − z_g)``.
