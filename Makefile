@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint install clean
+.PHONY: demo test test-all lint install clean mutate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# mutation testing of the core numerical modules, on demand (about an hour on 2 cores; not in CI):
+# works in a separate clone of HEAD with its own venv, since cosmic-ray mutates files in place
+mutate: $(STAMP)
+	$(PY) mutation/run.py $(MUTATE_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,166 @@
+"""Exact checks of the core numerical modules, written against independent oracles (NumPy,
+closed forms) to kill mutants that the behavioural tests let through (``make mutate``,
+docs/testing.md)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bjepa.metrics import canonical_directions, linear_probe_r2, predictive_information, r2_score
+from bjepa.models.heads import (
+    MIN_SCALE,
+    DiagonalGaussianHead,
+    FullCovGaussianHead,
+    inverse_positive_scale,
+    positive_scale,
+)
+
+
+def _regression(n=300, seed=0):
+    g = np.random.default_rng(seed)
+    x = g.normal(size=(n, 3))
+    y = x @ np.array([[1.0, -0.5], [0.3, 0.2], [0.0, 2.0]]) + np.array([0.7, -1.2]) \
+        + g.normal(size=(n, 2)) * np.array([0.3, 0.6])
+    return torch.tensor(x), torch.tensor(y)
+
+
+# -- heads ------------------------------------------------------------------------------------
+def test_positive_scale_is_softplus_plus_floor_and_inverts():
+    raw = torch.tensor([-30.0, -1.0, 0.0, 0.5, 3.0, 40.0], dtype=torch.float64)
+    torch.testing.assert_close(positive_scale(raw), torch.log1p(torch.exp(raw)) + MIN_SCALE,
+                               rtol=1e-12, atol=1e-12)
+    scale = torch.tensor([1e-3, 0.1, 1.0, 7.5], dtype=torch.float64)
+    torch.testing.assert_close(positive_scale(inverse_positive_scale(scale)), scale,
+                               rtol=1e-10, atol=0)
+    # below the floor it clamps to the smallest representable raw value instead of NaN
+    assert torch.isfinite(inverse_positive_scale(torch.tensor([MIN_SCALE / 2]))).all()
+
+
+def test_diagonal_head_start_is_least_squares_with_residual_scale():
+    x, y = _regression()
+    head = DiagonalGaussianHead(3, 2).double()
+    with torch.no_grad():
+        for name, value in head.init_values(x, y).items():
+            head.get_parameter(name).copy_(value)
+    design = np.c_[x.numpy(), np.ones(len(x))]
+    coef = np.linalg.lstsq(design, y.numpy(), rcond=None)[0]
+    resid = y.numpy() - design @ coef
+    d = head(x)
+    np.testing.assert_allclose(d.mean.detach().numpy(), design @ coef, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d.stddev.detach().numpy(),
+                               np.broadcast_to(resid.std(0, ddof=1), (len(x), 2)), rtol=1e-7)
+    assert DiagonalGaussianHead(3, 2, net="mlp").init_values(x.float(), y.float()) is None
+
+
+def test_full_covariance_head_start_is_least_squares_with_residual_covariance():
+    x, y = _regression(seed=1)
+    head = FullCovGaussianHead(3, 2).double()
+    with torch.no_grad():
+        for name, value in head.init_values(x, y).items():
+            head.get_parameter(name).copy_(value)
+    design = np.c_[x.numpy(), np.ones(len(x))]
+    coef = np.linalg.lstsq(design, y.numpy(), rcond=None)[0]
+    resid = y.numpy() - design @ coef
+    d = head(x)
+    np.testing.assert_allclose(d.mean.detach().numpy(), design @ coef, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d.covariance_matrix[0].detach().numpy(), np.cov(resid.T),
+                               rtol=1e-6, atol=1e-9)
+    assert FullCovGaussianHead(3, 2, net="mlp").init_values(x.float(), y.float()) is None
+
+
+def test_full_covariance_head_builds_its_cholesky_factor_from_the_network_output():
+    head = FullCovGaussianHead(2, 3).double()
+    out = torch.arange(1.0, 10.0, dtype=torch.float64)  # 3 means + 6 tril entries
+    with torch.no_grad():
+        head.net.weight.zero_()
+        head.net.bias.copy_(out)
+    d = head(torch.zeros(1, 2, dtype=torch.float64))
+    rows, cols = torch.tril_indices(3, 3)
+    L = torch.zeros(3, 3, dtype=torch.float64)
+    L[rows, cols] = out[3:]
+    L = torch.tril(L, -1) + torch.diag(positive_scale(torch.diagonal(L)))
+    torch.testing.assert_close(d.mean[0], out[:3], rtol=0, atol=0)
+    torch.testing.assert_close(d.scale_tril[0], L, rtol=1e-12, atol=0)
+
+
+def test_diagonal_head_reads_mean_then_raw_scale_from_one_network():
+    head = DiagonalGaussianHead(2, 2).double()
+    with torch.no_grad():
+        head.net.weight.zero_()
+        head.net.bias.copy_(torch.tensor([1.0, -2.0, 0.0, 3.0], dtype=torch.float64))
+    d = head(torch.zeros(4, 2, dtype=torch.float64))
+    assert d.batch_shape == (4,) and d.event_shape == (2,)
+    torch.testing.assert_close(d.mean[0], torch.tensor([1.0, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(d.stddev[0], positive_scale(torch.tensor([0.0, 3.0],
+                                                                        dtype=torch.float64)))
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def test_r2_score_exact_values_and_constant_columns():
+    y = torch.tensor([[1.0, 2.0], [2.0, 2.0], [3.0, 2.0], [4.0, 2.0]])
+    pred = torch.tensor([[1.5, 2.0], [2.0, 2.0], [2.5, 2.0], [4.0, 2.0]])
+    r2 = r2_score(y, pred)
+    # column 0: SSE = 0.5, SST = 5 → 0.9; column 1 is constant → NaN
+    assert r2[0].item() == pytest.approx(0.9, abs=1e-12) and math.isnan(r2[1].item())
+    assert r2_score(y[:, :1], y[:, :1]).item() == 1.0
+    assert r2_score(y[:, :1], torch.full((4, 1), 2.5)).item() == pytest.approx(0.0, abs=1e-12)
+    assert r2_score(y[:, :1], torch.full((4, 1), 0.0)).item() == pytest.approx(1 - 30 / 5)
+
+
+def test_linear_probe_r2_matches_numpy_least_squares():
+    x, y = _regression(400, seed=2)
+    ztr, ytr, zte, yte = x[:300], y[:300], x[300:], y[300:]
+    design = np.c_[ztr.numpy(), np.ones(300)]
+    coef = np.linalg.lstsq(design, ytr.numpy(), rcond=None)[0]
+    pred = np.c_[zte.numpy(), np.ones(100)] @ coef
+    per = 1 - ((yte.numpy() - pred) ** 2).sum(0) / ((yte.numpy() - yte.numpy().mean(0)) ** 2
+                                                     ).sum(0)
+    assert linear_probe_r2(ztr, ytr, zte, yte) == pytest.approx(per.mean(), rel=1e-7)
+    np.testing.assert_allclose(linear_probe_r2(ztr, ytr, zte, yte, per_dim=True).numpy(), per,
+                               rtol=1e-6)
+    const = torch.cat([yte[:, :1], torch.ones(100, 1, dtype=yte.dtype)], 1)
+    got = linear_probe_r2(ztr, ytr, zte, const, per_dim=True)
+    assert math.isnan(got[1].item()) and got[0].item() == pytest.approx(per[0], rel=1e-6)
+    assert linear_probe_r2(ztr, ytr, zte, const) == pytest.approx(per[0], rel=1e-6)
+    assert math.isnan(linear_probe_r2(ztr, ytr, zte, torch.ones(100, 2, dtype=yte.dtype)))
+    # the smallest sample the probe accepts: one more row than columns
+    assert math.isfinite(linear_probe_r2(ztr[:4], ytr[:4], zte, yte))
+
+
+def _correlated(n, rhos, seed=0):
+    g = np.random.default_rng(seed)
+    a = g.normal(size=(n, len(rhos)))
+    noise = g.normal(size=(n, len(rhos)))
+    b = a * np.array(rhos) + noise * np.sqrt(1 - np.array(rhos) ** 2)
+    return torch.tensor(a), torch.tensor(b)
+
+
+def test_canonical_directions_whiten_and_recover_the_correlations():
+    a, b = _correlated(20000, [0.9, 0.5, 0.0], seed=3)
+    mix = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.5], [1.0, 0.0, 3.0]], dtype=torch.float64)
+    a2 = a @ mix + 5.0
+    W, rho = canonical_directions(a2, b, 2)
+    np.testing.assert_allclose(rho.numpy(), [0.9, 0.5], atol=0.02)
+    proj = (a2 - a2.mean(0)) @ W.double().T
+    np.testing.assert_allclose(np.cov(proj.numpy().T, bias=True), np.eye(2), atol=1e-4)
+    # the leading direction is the one correlated 0.9 with b
+    corr = np.corrcoef(proj[:, 0].numpy(), a[:, 0].numpy())[0, 1]
+    assert abs(corr) > 0.99
+
+
+def test_predictive_information_is_the_gaussian_mutual_information():
+    rhos = [0.8, 0.6]
+    a, b = _correlated(50000, rhos, seed=4)
+    exact = -0.5 * sum(math.log(1 - r * r) for r in rhos)
+    assert predictive_information(a, b) == pytest.approx(exact, rel=0.02)
+    one = predictive_information(a[:, :1], b[:, :1])
+    assert one == pytest.approx(-0.5 * math.log(1 - 0.64), rel=0.02)
+    # a copy is capped, not infinite; rows = columns of a and b together + 1 is accepted
+    assert math.isfinite(predictive_information(a, a)) and predictive_information(a, a) > 5
+    assert math.isfinite(predictive_information(a[:5], b[:5]))
+    with pytest.raises(ValueError, match="more rows"):
+        predictive_information(a[:4], b[:4])
