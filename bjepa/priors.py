@@ -25,13 +25,26 @@ A new prior is one subclass and one method::
 subclasses implement ``site_dist(name, param)`` (TyXe style); :func:`make_weight_prior`
 accepts ``"normal"``, ``"laplace"``, ``"horseshoe"``, a :class:`WeightPrior`, or any
 callable ``(name, param) -> torch.distributions.Distribution``.
+
+**Saving.** Every prior remembers the arguments it was built with; a checkpoint stores a prior
+as its *registered name*, those arguments and (in the model's state dict) its learnable state —
+never pickled code. The built-in priors are registered; decorate your own class with
+:func:`register_prior` so that it saves by name and loads again in any process that has
+registered it (``load_model`` never imports code)::
+
+    @register_prior("student_t")
+    class StudentT(LatentPrior):
+        ...
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -56,12 +69,197 @@ __all__ = [
     "StandardNormal",
     "UnnormalizedDensity",
     "WeightPrior",
+    "HierarchicalWeightPrior",
+    "PriorError",
+    "build_prior",
     "make_weight_prior",
+    "prior_spec",
+    "register_prior",
+    "registered_priors",
 ]
 
 
 _NO_SHAPE = torch.Size()
 logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------ saving by name
+class PriorError(ValueError):
+    """A prior cannot be saved, rebuilt or used as written (the message names the prior)."""
+
+
+#: registered name → prior class (latent and weight priors share one name space)
+_REGISTRY: dict[str, type] = {}
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_prior(name: str | type | None = None) -> Any:
+    """Class decorator: save priors of this class by ``name`` and rebuild them on load.
+
+    Use as ``@register_prior("student_t")`` or bare ``@register_prior`` (the name is then the
+    class name). A checkpoint holds only the name, the constructor arguments and the learnable
+    state, so the process that loads it must have registered the class too (import the module
+    that defines it before :func:`bjepa.inference.load_model`). Registering another class under
+    a taken name raises; re-running the same definition (a notebook cell) replaces it.
+    """
+    def decorate(cls: type, key: str | None = None) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, LatentPrior | WeightPrior)):
+            raise TypeError(f"register_prior decorates LatentPrior or WeightPrior subclasses, "
+                            f"got {cls!r}")
+        key = key or cls.__name__
+        old = _REGISTRY.get(key)
+        if old is not None and old is not cls and _qualname(old) != _qualname(cls):
+            raise ValueError(f"prior name {key!r} is taken by {_qualname(old)}; choose another "
+                             f"name for {_qualname(cls)}")
+        _REGISTRY[key] = cls
+        cls._registered_name = key
+        return cls
+
+    if isinstance(name, type):
+        return decorate(name)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"register_prior takes a non-empty name string, got {name!r}")
+    return functools.partial(decorate, key=name)
+
+
+def registered_priors() -> dict[str, type]:
+    """A copy of the registry: name → class."""
+    return dict(_REGISTRY)
+
+
+def _own_class(obj: Any) -> type:
+    """The user-visible class of a prior (``to_pyro_module_`` wraps it in a Pyro subclass)."""
+    for cls in type(obj).__mro__:
+        if cls.__module__ != "pyro.nn.module":
+            return cls
+    return type(obj)  # pragma: no cover
+
+
+def _records_init_args(cls: type) -> None:
+    """Wrap ``cls.__init__`` so that the outermost call stores its arguments on the instance
+    (``_init_args``): what :func:`prior_spec` saves and :func:`build_prior` passes back."""
+    init = cls.__dict__.get("__init__")
+    if init is None or getattr(init, "_records_args", False) \
+            or cls.__module__ == "pyro.nn.module":
+        return
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        if "_init_args" not in self.__dict__:
+            bound = sig.bind(self, *args, **kwargs)
+            saved: dict[str, Any] = {}
+            for pname, value in list(bound.arguments.items())[1:]:
+                kind = sig.parameters[pname].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    saved.update(value)
+                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                    saved["*" + pname] = list(value)
+                else:
+                    saved[pname] = value
+            object.__setattr__(self, "_init_args", saved)
+        init(self, *args, **kwargs)
+
+    wrapper._records_args = True  # type: ignore[attr-defined]
+    cls.__init__ = wrapper
+
+
+def _spec_value(prior_name: str, key: str, value: Any) -> Any:
+    """A constructor argument as a checkpoint can hold it, or raise ``TypeError``."""
+    if isinstance(value, LatentPrior | WeightPrior):
+        return {"__prior__": prior_spec(value)}
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list | tuple):
+        items = [_spec_value(prior_name, f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: _spec_value(prior_name, f"{key}[{k!r}]", v)
+                             for k, v in value.items()}}
+    raise TypeError(f"argument {key!r} is a {type(value).__name__}")
+
+
+def _from_spec_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__prior__" in value:
+            return build_prior(value["__prior__"])
+        if "__tuple__" in value:
+            return tuple(_from_spec_value(v) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {k: _from_spec_value(v) for k, v in value["__dict__"].items()}
+    if isinstance(value, list):
+        return [_from_spec_value(v) for v in value]
+    return value
+
+
+def prior_spec(prior: LatentPrior | WeightPrior) -> dict[str, Any]:
+    """What a checkpoint stores for ``prior``: plain values and tensors only.
+
+    ``{"name": registered name or None, "class": "module.Qualname", "kind": "latent" |
+    "weight", "args": constructor arguments or None, "unsaved": why the arguments could not be
+    stored (e.g. a Python callable) or None}``. The learnable state is not here: it is part of
+    the model's state dict.
+    """
+    if not isinstance(prior, LatentPrior | WeightPrior):
+        raise TypeError(f"prior must be a LatentPrior or WeightPrior, got {type(prior).__name__}")
+    cls = _own_class(prior)
+    name = cls.__dict__.get("_registered_name")
+    if name is not None and _REGISTRY.get(name) is not cls:
+        name = None
+    args, unsaved = None, None
+    raw = prior.__dict__.get("_init_args")
+    if raw is None:
+        unsaved = f"{cls.__name__}.__init__ did not record its arguments"
+    else:
+        try:
+            args = {k: _spec_value(cls.__name__, k, v) for k, v in raw.items()}
+        except TypeError as err:
+            unsaved = (f"{err}, which a checkpoint cannot store without pickling code; pass an "
+                       f"equivalent prior to load_model")
+    return {"name": name, "class": _qualname(cls),
+            "kind": "latent" if isinstance(prior, LatentPrior) else "weight",
+            "args": args, "unsaved": unsaved}
+
+
+def build_prior(spec: dict[str, Any], *, role: str = "prior") -> LatentPrior | WeightPrior:
+    """Rebuild a prior from :func:`prior_spec` output, using this process's registry.
+
+    :param role: how error messages call the prior (e.g. ``"weight_prior"``), so they can name
+        the ``load_model`` argument that overrides it.
+    :raises PriorError: if its class is not registered here or its arguments were not saved.
+    """
+    if not isinstance(spec, dict) or "class" not in spec:
+        raise PriorError(f"malformed {role} record in the checkpoint: {spec!r}")
+    name, qual = spec.get("name"), spec["class"]
+    if name is None:
+        raise PriorError(
+            f"the {role} is a {qual}, which was not registered when the checkpoint was saved, "
+            f"so it cannot be rebuilt by name; decorate the class with @register_prior, or "
+            f"pass load_model(path, {role}={qual.rsplit('.', 1)[-1]}(...))")
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise PriorError(
+            f"the {role} was saved as {name!r} ({qual}), which is not registered in this "
+            f"process; import the module that defines it (decorated with "
+            f"@register_prior({name!r})) before loading, or pass load_model(path, "
+            f"{role}=...). A checkpoint never imports code.")
+    if spec.get("args") is None:
+        raise PriorError(
+            f"the {role} {name!r} ({qual}) was saved without its constructor arguments "
+            f"({spec.get('unsaved')}); pass the same prior again: load_model(path, "
+            f"{role}=...)")
+    kwargs = {k: _from_spec_value(v) for k, v in spec["args"].items() if not k.startswith("*")}
+    star = [_from_spec_value(v) for k, v in spec["args"].items() if k.startswith("*")]
+    try:
+        return cls(*(star[0] if star else ()), **kwargs)
+    except (TypeError, ValueError) as err:
+        raise PriorError(f"cannot rebuild the {role} {name!r} from its saved arguments "
+                         f"{sorted(kwargs)}: {err}") from err
 
 
 class _Wrapped(dist.TorchDistribution):
@@ -127,6 +325,10 @@ class LatentPrior(nn.Module):
 
     Subclasses implement :meth:`log_prob`; Gaussian ones also :meth:`gaussian`.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _records_init_args(cls)
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -289,16 +491,68 @@ class WeightPrior:
 
     Subclasses implement :meth:`site_dist`. ``include`` filters parameters by name
     substring (default: every weight and bias of the predictor).
+
+    ``site_dist(name, param)`` may return any ``torch.distributions`` or Pyro distribution
+    whose shape fits the parameter: an elementwise one (``Laplace(0., 1.)``, or a batch that
+    broadcasts to the parameter's shape) is expanded to it, the dimensions are declared as
+    one event (``to_event``) and a plain torch distribution is wrapped for Pyro
+    (:meth:`site_distribution`); a shape that cannot fit is refused with an error naming the
+    prior and the parameter. A prior with hyper-parameters (a learned or sampled scale) puts
+    them on the module handed to :meth:`attach`.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _records_init_args(cls)
+
     def __init__(self, include: tuple[str, ...] = ("weight", "bias")) -> None:
-        self.include = include
+        if isinstance(include, str) or not all(isinstance(k, str) for k in include):
+            raise TypeError(f"include must be a tuple of name substrings, got {include!r}")
+        self.include = tuple(include)
 
     def selects(self, name: str) -> bool:
         return any(key in name.rsplit(".", 1)[-1] for key in self.include)
 
     def site_dist(self, name: str, param: torch.Tensor) -> Distribution:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement site_dist(name, param)")
+
+    def attach(self, holder: nn.Module, names: list[str]) -> None:
+        """Called once by the model before the weights become random, with a ``PyroModule``
+        that belongs to the model and the names of the selected parameters: put learned
+        (``PyroParam``) or sampled (``PyroSample``) hyper-parameters on it and read them in
+        :meth:`site_dist`. Default: nothing."""
+
+    def site_distribution(self, name: str, param: torch.Tensor) -> Distribution:
+        """:meth:`site_dist`, normalised to a Pyro distribution whose event shape is the
+        parameter's shape (see the class docstring); raises :class:`PriorError` otherwise."""
+        return _normalise_site(type(self).__name__, name, param, self.site_dist(name, param))
+
+
+def _normalise_site(who: str, name: str, param: torch.Tensor, d: Any) -> Distribution:
+    if not isinstance(d, Distribution):
+        raise PriorError(f"{who}.site_dist must return a torch.distributions.Distribution for "
+                         f"{name!r}, got {type(d).__name__}")
+    shape, ev = tuple(param.shape), tuple(d.event_shape)
+    if len(ev) > len(shape) or shape[len(shape) - len(ev):] != ev:
+        raise PriorError(f"{who}.site_dist({name!r}) returned event shape {ev}, which is not a "
+                         f"trailing part of the parameter's shape {shape}; return an elementwise "
+                         "distribution or one of the parameter's full shape")
+    batch = torch.Size(shape[:len(shape) - len(ev)])
+    if d.batch_shape != batch:
+        try:
+            fits = torch.broadcast_shapes(d.batch_shape, batch) == batch
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise PriorError(f"{who}.site_dist({name!r}) returned batch shape "
+                             f"{tuple(d.batch_shape)}, which does not broadcast to the "
+                             f"parameter's shape {shape}")
+        d = d.expand(batch)
+    if isinstance(d, TorchDistributionMixin):
+        return d.to_event(len(batch)) if batch else d
+    if batch:
+        d = torch.distributions.Independent(d, len(batch))
+    return _Wrapped(d)
 
 
 class NormalWeightPrior(WeightPrior):
@@ -371,32 +625,80 @@ class _CallablePrior(WeightPrior):
         self.fn = fn
 
     def site_dist(self, name: str, param: torch.Tensor) -> Distribution:
-        d = self.fn(name, param)
-        if not isinstance(d, Distribution):
-            raise TypeError(f"weight prior callable must return a torch Distribution for "
-                            f"{name}, got {type(d).__name__}")
-        if not d.event_shape and d.batch_shape in (torch.Size(), param.shape):
-            d = d.expand(param.shape)  # an elementwise prior, broadcast over the tensor
-        if tuple(d.batch_shape + d.event_shape) != tuple(param.shape):
-            raise ValueError(f"weight prior for {name} has shape "
-                             f"{tuple(d.batch_shape + d.event_shape)}, parameter has "
-                             f"{tuple(param.shape)}")
-        if isinstance(d, TorchDistributionMixin):
-            return d.to_event(len(d.batch_shape)) if d.batch_shape else d
-        if d.batch_shape:
-            d = torch.distributions.Independent(d, len(d.batch_shape))
-        return _Wrapped(d)
+        return self.fn(name, param)
+
+    def site_distribution(self, name: str, param: torch.Tensor) -> Distribution:
+        who = f"the weight_prior callable {getattr(self.fn, '__name__', type(self.fn).__name__)}"
+        return _normalise_site(who, name, param, self.site_dist(name, param))
+
+
+class HierarchicalWeightPrior(WeightPrior):
+    """``w ~ N(0, s²)`` elementwise, with the scale ``s`` itself uncertain or learned.
+
+    - ``hyperprior="half_cauchy"``: ``s ~ HalfCauchy(scale)``, a global latent of the model;
+      the weight guide learns its posterior jointly with the weights' (Gelman 2006; the
+      half-Cauchy is weakly informative and lets the data shrink ``s`` towards 0).
+    - ``hyperprior="learned"``: ``s`` is a positive parameter fitted by the ELBO together with
+      the network (type-II maximum likelihood, "empirical Bayes"), starting at ``scale``.
+
+    :param scale: the half-Cauchy's scale, or the learned scale's starting value (> 0).
+    :param per_tensor: one ``s`` per selected parameter tensor (automatic relevance
+        determination) instead of one shared by all of them.
+    """
+
+    def __init__(self, scale: float = 1.0, *, hyperprior: str = "half_cauchy",
+                 per_tensor: bool = False, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.scale = check_positive("scale", scale)
+        if hyperprior not in ("half_cauchy", "learned"):
+            raise ValueError(f"hyperprior must be 'half_cauchy' or 'learned', got "
+                             f"{hyperprior!r}")
+        self.hyperprior = hyperprior
+        self.per_tensor = bool(per_tensor)
+        self._holder: nn.Module | None = None
+
+    @staticmethod
+    def _attr(name: str) -> str:
+        return "scale_" + name.replace(".", "_")
+
+    def attach(self, holder: nn.Module, names: list[str]) -> None:
+        from pyro.nn import PyroParam, PyroSample
+
+        self._holder = holder
+        for attr in ([self._attr(n) for n in names] if self.per_tensor else ["scale"]):
+            if self.hyperprior == "learned":
+                setattr(holder, attr, PyroParam(torch.tensor(self.scale),
+                                                constraint=constraints.positive))
+            else:
+                setattr(holder, attr, PyroSample(dist.HalfCauchy(torch.tensor(self.scale))))
+
+    def site_dist(self, name: str, param: torch.Tensor) -> Distribution:
+        if self._holder is None:
+            raise PriorError("HierarchicalWeightPrior is used before attach(): build the model "
+                             "with BJEPA(..., weight_prior=HierarchicalWeightPrior(...))")
+        s = getattr(self._holder, self._attr(name) if self.per_tensor else "scale")
+        return dist.Normal(torch.zeros_like(param), s.to(param))
+
+
+for _cls, _name in [(StandardNormal, "standard_normal"), (GaussianPrior, "gaussian"),
+                    (GoalPrior, "goal"), (EnergyPrior, "energy"), (MixturePrior, "mixture"),
+                    (NormalWeightPrior, "normal"), (LaplaceWeightPrior, "laplace"),
+                    (HorseshoeWeightPrior, "horseshoe"), (HierarchicalWeightPrior, "hierarchical"),
+                    (_CallablePrior, "callable")]:
+    register_prior(_name)(_cls)
+_records_init_args(LatentPrior)
+_records_init_args(WeightPrior)
 
 
 WEIGHT_PRIORS: dict[str, type[WeightPrior]] = {
     "normal": NormalWeightPrior, "laplace": LaplaceWeightPrior,
-    "horseshoe": HorseshoeWeightPrior,
+    "horseshoe": HorseshoeWeightPrior, "hierarchical": HierarchicalWeightPrior,
 }
 
 
 def make_weight_prior(spec: str | WeightPrior | Callable | None) -> WeightPrior | None:
-    """``None`` | ``"normal"`` | ``"laplace"`` | ``"horseshoe"`` | a :class:`WeightPrior` |
-    a callable ``(name, param) -> Distribution``."""
+    """``None`` | ``"normal"`` | ``"laplace"`` | ``"horseshoe"`` | ``"hierarchical"`` | a
+    :class:`WeightPrior` | a callable ``(name, param) -> Distribution``."""
     if spec is None or isinstance(spec, WeightPrior):
         return spec
     if isinstance(spec, str):

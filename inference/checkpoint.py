@@ -6,6 +6,7 @@ A checkpoint is a dict of tensors and plain Python values::
 
     {"format": "bjepa-checkpoint", "version": 2, "library_version": "0.1.0",
      "model_class": "VJEPA", "hparams": {...},
+     "priors": {...},                # BJEPA: each prior's registered name and arguments
      "state_dict": {...},            # parameters, guide parameters, EMA target (extra state)
      "meta": {...},                  # free-form plain values (e.g. the run's results row)
      "training": {                   # only in training checkpoints (written by ``fit``)
@@ -20,10 +21,17 @@ Every failure to read one — a missing, truncated or corrupted file, a pickle t
 code, an unknown format version, a checkpoint of another model class — raises
 :class:`CheckpointError` with the file and the reason.
 
+Priors are stored without pickle: a BJEPA's structural and weight priors as their registered
+names and constructor arguments (:func:`bjepa.priors.prior_spec`), their learnable state in the
+state dict. Loading rebuilds them from this process's registry
+(:func:`bjepa.priors.register_prior`), or takes replacements:
+``load_model(path, prior=..., weight_prior=...)``.
+
 Example::
 
     save_checkpoint("vjepa.pt", model, meta={"sigma": 8.0})
     model = load_model("vjepa.pt")
+    model = load_model("runs/train-1")        # a run folder: its newest checkpoint
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ __all__ = [
     "CheckpointManager",
     "TrainingState",
     "capture_rng_state",
+    "find_latest_checkpoint",
     "load_checkpoint",
     "load_model",
     "restore_model_state",
@@ -214,6 +223,7 @@ def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None
         "model_class": type(model).__name__,
         "hparams": _plain("hparams", dict(getattr(model, "hparams", {}))),
         "pyro_name": str(getattr(model, "_pyro_name", "")),
+        **_prior_entry(model),
         "state_dict": _to_cpu(model.state_dict()),
         "meta": _plain("meta", dict(meta or {})), **_plain("extra", dict(extra or {})),
     }
@@ -225,6 +235,12 @@ def save_checkpoint(path: str | Path, model: Any, *, meta: dict[str, Any] | None
     payload["digest"] = _digest(payload)
     _atomic_torch_save(payload, path)
     return path
+
+
+def _prior_entry(model: Any) -> dict[str, Any]:
+    """``{"priors": {...}}`` for a model with priors (``prior_specs()``), else nothing."""
+    specs = getattr(model, "prior_specs", None)
+    return {"priors": _to_cpu(_plain("priors", specs()))} if callable(specs) else {}
 
 
 def _to_cpu(value: Any) -> Any:
@@ -321,6 +337,13 @@ def restore_model_state(payload: dict[str, Any], model: Any, path: str | Path = 
         detail = ", ".join(f"{k}={payload['hparams'].get(k)!r} (model has {mine.get(k)!r})"
                            for k in diff)
         raise CheckpointError(f"{path} was written by a model with different settings: {detail}")
+    stored, specs = payload.get("priors"), getattr(model, "prior_specs", None)
+    if isinstance(stored, dict) and callable(specs):
+        mine_specs = _plain("priors", specs())
+        for role in sorted(set(stored) | set(mine_specs)):
+            if _digest(stored.get(role)) != _digest(mine_specs.get(role)):
+                logger.warning("%s: the model's %s was built with other arguments than the "
+                               "checkpoint's; its saved state is loaded into it", path, role)
     state = _rename_scope(payload["state_dict"], payload.get("pyro_name") or "",
                           str(getattr(model, "_pyro_name", "")))
     try:
@@ -345,9 +368,50 @@ def _rename_scope(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
             for key, value in state.items()}
 
 
+def find_latest_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or for a folder its newest one —
+    of ``model.pt`` (a finished run) and the highest ``step-*.pt`` in the folder or its
+    ``checkpoints/``, whichever was written last; else its only ``*.pt`` file.
+
+    :raises CheckpointError: when there is none, or several unrelated ones to choose from.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise CheckpointError(f"no checkpoint at {path}")
+        return path
+    folders = [path, path / "checkpoints"]
+    steps = sorted((int(m.group(1)), p) for d in folders if d.is_dir() for p in d.iterdir()
+                   if (m := CheckpointManager.PATTERN.match(p.name)))
+    candidates = [p for p in (path / "model.pt", steps[-1][1] if steps else None)
+                  if p is not None and p.is_file()]
+    if candidates:
+        return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == "model.pt"))
+    others = sorted(p for d in folders if d.is_dir() for p in d.glob("*.pt"))
+    if len(others) == 1:
+        return others[0]
+    if not others:
+        raise CheckpointError(f"no checkpoint in {path}: expected model.pt, step-*.pt or one "
+                              f"*.pt file there or in {path / 'checkpoints'}")
+    names = ", ".join(str(p.relative_to(path)) for p in others[:12])
+    raise CheckpointError(f"{path} holds several models ({names}); pass one of these files")
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
-               model_class: str | type | None = None) -> Any:
-    """Rebuild the trained model stored in a checkpoint (see :func:`load_checkpoint`)."""
+               model_class: str | type | None = None, prior: Any = None,
+               weight_prior: Any = None) -> Any:
+    """Rebuild the trained model stored in a checkpoint (see :func:`load_checkpoint`).
+
+    :param path: a checkpoint file, or a run or checkpoint folder (its newest checkpoint, see
+        :func:`find_latest_checkpoint`).
+    :param prior: a structural prior to use instead of the saved one (BJEPA); needed when the
+        saved one's class is not registered in this process or holds a Python callable. Its
+        learnable state is overwritten by the checkpoint's.
+    :param weight_prior: the same for the weight prior.
+    :raises CheckpointError: with the file and the reason (e.g. an unregistered prior class,
+        and how to register it).
+    """
+    path = find_latest_checkpoint(path)
     payload = load_checkpoint(path, map_location, model_class=model_class)
     classes = _model_classes()
     name = payload["model_class"]
@@ -357,14 +421,39 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", *,
     hparams = dict(payload["hparams"])
     if hparams.get("tau") == "custom":
         hparams["tau"] = 1.0  # the schedule only matters for further training
+    _rebuild_priors(path, name, hparams, payload.get("priors"),
+                    {"prior": prior, "weight_prior": weight_prior})
     try:
         model = classes[name](**hparams)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} holds constructor arguments this {name} refuses: {err}"
                               ) from err
-    restore_model_state({**payload, "hparams": dict(getattr(model, "hparams", hparams))},
-                        model, path)
+    overridden = prior is not None or weight_prior is not None
+    restore_model_state({**payload, "hparams": dict(getattr(model, "hparams", hparams)),
+                         "priors": None if overridden else payload.get("priors")}, model, path)
     return model.to(map_location)
+
+
+def _rebuild_priors(path: Path, name: str, hparams: dict[str, Any], specs: Any,
+                    given: dict[str, Any]) -> None:
+    """Put prior objects into ``hparams``: the caller's, else rebuilt from the checkpoint."""
+    from bjepa.priors import PriorError, build_prior
+
+    specs = specs if isinstance(specs, dict) else {}
+    for role, obj in given.items():
+        if obj is not None:
+            if role not in hparams:
+                raise CheckpointError(f"{path} holds a {name}, which takes no {role}")
+            hparams[role] = obj
+        elif specs.get(role) is not None:
+            try:
+                hparams[role] = build_prior(specs[role], role=role)
+            except PriorError as err:
+                raise CheckpointError(f"{path}: {err}") from err
+        elif isinstance(hparams.get(role), str) and hparams[role].startswith("custom"):
+            raise CheckpointError(
+                f"{path} was written by a bjepa that did not record the {role} object it was "
+                f"trained with; pass it again: load_model(path, {role}=...)")
 
 
 # -- a folder of training checkpoints ------------------------------------------------------------

@@ -39,13 +39,20 @@ from pyro.infer.autoguide import (
     init_to_median,
     init_to_value,
 )
-from pyro.nn import PyroSample, pyro_method
+from pyro.nn import PyroModule, PyroSample, pyro_method
 from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.models.base import rows
 from bjepa.models.vjepa import VJEPA
-from bjepa.priors import GaussianPrior, LatentPrior, fuse, make_weight_prior
+from bjepa.priors import (
+    GaussianPrior,
+    LatentPrior,
+    WeightPrior,
+    fuse,
+    make_weight_prior,
+    prior_spec,
+)
 
 __all__ = ["AUTOGUIDES", "BJEPA"]
 
@@ -60,14 +67,17 @@ class BJEPA(VJEPA):
     """Bayesian JEPA.
 
     :param prior: the structural prior ``p_struct`` (a :class:`~bjepa.priors.LatentPrior`);
-        default: a learnable diagonal Gaussian.
+        default: a learnable diagonal Gaussian. A prior conditioned on data reads a per-row
+        ``eta`` (``model.model(context, target, eta=eta)``; with the trainer,
+        ``fit(..., model_kwargs={"eta": eta})``).
     :param gamma: weight γ >= 0 of ``KL(p_like ‖ p_struct)`` (paper default 0.1).
     :param weight_prior: ``None`` (point-estimated predictor), ``"normal"``, ``"laplace"``,
-        ``"horseshoe"``, a :class:`~bjepa.priors.WeightPrior` or a callable
+        ``"horseshoe"``, ``"hierarchical"``, a :class:`~bjepa.priors.WeightPrior` or a callable
         ``(name, param) -> Distribution``.
     :param weight_guide: ``"normal"`` (AutoNormal), ``"lowrank"``, ``"mvn"``, or a builder
         ``model -> AutoGuide`` (e.g. ``functools.partial(AutoNormal, init_scale=1e-2)``).
     :param guide_init_scale: initial posterior scale of the weight guide.
+
     Other arguments are those of :class:`~bjepa.models.VJEPA`.
     """
 
@@ -90,11 +100,13 @@ class BJEPA(VJEPA):
         self.weight_prior = make_weight_prior(weight_prior)
         self._guide_spec = weight_guide
         self.guide_init_scale = guide_init_scale
+        # checkpoints rebuild the priors from prior_specs() (name, arguments, state); hparams
+        # hold their registered names only, so that settings compare as plain values
         self.hparams.update(
-            prior=None if default_prior else "custom",
+            prior=None if default_prior else _spec_name(prior),
             gamma=gamma, weight_prior=weight_prior if isinstance(weight_prior, str | None)
-            else "custom", weight_guide=weight_guide if isinstance(weight_guide, str)
-            else "custom", guide_init_scale=guide_init_scale)
+            else _spec_name(self.weight_prior), weight_guide=weight_guide
+            if isinstance(weight_guide, str) else "custom", guide_init_scale=guide_init_scale)
         self._weight_sites: list[tuple[torch.nn.Module, str, str]] = []
         self.weight_guide = None
         self.jit_safe = self.weight_prior is None  # autoguides are trained eagerly
@@ -102,24 +114,52 @@ class BJEPA(VJEPA):
             self._make_weights_random()
             self._build_weight_guide()
 
+    def prior_specs(self) -> dict[str, Any]:
+        """How a checkpoint stores this model's priors (see :func:`bjepa.priors.prior_spec`):
+        registered name, constructor arguments; their learnable state is in the state dict."""
+        return {"prior": prior_spec(self.struct_prior),
+                "weight_prior": None if self.weight_prior is None
+                else prior_spec(self.weight_prior)}
+
     # -- weight posterior -------------------------------------------------------------------
     def _make_weights_random(self) -> None:
+        selected = []
         for mod_name, module in list(self.predictor.named_modules()):
             for p_name, param in list(module.named_parameters(recurse=False)):
                 full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if not self.weight_prior.selects(full):
-                    continue
-                prior = self.weight_prior.site_dist(full, param.detach())
-                delattr(module, p_name)
-                setattr(module, p_name, PyroSample(prior))
-                self._weight_sites.append((module, p_name, full))
-        if not self._weight_sites:
+                if self.weight_prior.selects(full):
+                    selected.append((module, p_name, full, param.detach().clone()))
+        if not selected:
             raise ValueError("weight_prior selected no predictor parameters")
+        # hyper-parameters of the weight prior (a learned or sampled scale) live here
+        self.weight_hyper = PyroModule()
+        self.weight_prior.attach(self.weight_hyper, [full for *_, full, _ in selected])
+        self._weight_templates: dict[str, torch.Tensor] = {}
+        for module, p_name, full, param in selected:
+            self._weight_templates[full] = param
+            self.weight_prior.site_distribution(full, param)  # refuse a bad prior now
+            delattr(module, p_name)
+            setattr(module, p_name, PyroSample(_SitePrior(self, full)))
+            self._weight_sites.append((module, p_name, full))
+
+    def _weight_site_prior(self, full: str) -> Distribution:
+        template = self._weight_templates[full]
+        dev = next(self.context_encoder.parameters()).device
+        if template.device != dev:
+            template = self._weight_templates[full] = template.to(dev)
+        return self.weight_prior.site_distribution(full, template)
 
     @property
     def weight_site_names(self) -> list[str]:
         """Pyro site names of the random predictor weights."""
         return [f"{m._pyro_name}.{p}" for m, p, _ in self._weight_sites]
+
+    def _guided_site(self, msg: dict[str, Any]) -> bool:
+        """Sites of the weight guide: the random weights and the weight prior's sampled
+        hyper-parameters."""
+        name = msg["name"]
+        return name in self.weight_site_names or (
+            msg["type"] == "sample" and name.startswith(self.weight_hyper._pyro_name + "."))
 
     def _build_weight_guide(self, init_values: dict[str, torch.Tensor] | None = None) -> None:
         """(Re)create the autoguide over the weight sites and set it up eagerly, so its
@@ -127,7 +167,10 @@ class BJEPA(VJEPA):
         spec = self._guide_spec
         init = init_to_value(values=init_values, fallback=init_to_median) if init_values \
             else init_to_median
-        blocked = poutine.block(self.model, expose=self.weight_site_names)
+        # the guide's prototype runs only the weight draws (and the weight prior's sampled
+        # hyper-parameters): the rest of the model may hold sites that cannot be sampled,
+        # e.g. a structural prior known only by its unnormalised density
+        blocked = poutine.block(self._weights_only, expose_fn=self._guided_site)
         if isinstance(spec, str):
             if spec not in AUTOGUIDES:
                 raise ValueError(f"unknown weight_guide {spec!r}; choose one of "
@@ -159,9 +202,23 @@ class BJEPA(VJEPA):
             self._build_weight_guide({f"{prefix}.{k}": v for k, v in values.items()})
 
     # -- Pyro program -----------------------------------------------------------------------
+    def check_eta(self, eta: torch.Tensor | None, context: torch.Tensor) -> None:
+        """``eta`` must be ``(N, k)``: one row per context row."""
+        if eta is None:
+            return
+        if not torch.is_tensor(eta):
+            raise TypeError(f"eta must be a tensor with one row per context row, got "
+                            f"{type(eta).__name__}")
+        if eta.dim() != 2 or eta.shape[0] != context.shape[-2]:
+            raise ValueError(f"eta must be a 2-D tensor with one row per context row "
+                             f"({context.shape[-2]}, k), got shape {tuple(eta.shape)}")
+
     @pyro_method
     def model(self, context: torch.Tensor, target: torch.Tensor,
-              batch_size: int | None = None) -> None:
+              batch_size: int | None = None, eta: torch.Tensor | None = None) -> None:
+        """``eta``: optional ``(N, ...)`` per-row input of the structural prior
+        ``p_struct(z_T | eta)`` (a goal, a covariate); subsampled with the data plate."""
+        self.check_eta(eta, context)
         self._draw_weights()
         with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
                         device=context.device) as idx:
@@ -170,13 +227,14 @@ class BJEPA(VJEPA):
                 z_t = pyro.sample("z_target", self.prior_dist(pred.mean))
             pyro.factor("dynamics", pred.log_prob(z_t))
             if self.gamma > 0:
+                eta_rows = None if eta is None else rows(eta.to(context.device), idx)
                 with poutine.scale(scale=self.gamma):
-                    pyro.sample("z_struct", self.struct_prior.distribution().expand(
+                    pyro.sample("z_struct", self.struct_prior.distribution(eta_rows).expand(
                         pred.batch_shape))
 
     @pyro_method
     def guide(self, context: torch.Tensor, target: torch.Tensor,
-              batch_size: int | None = None) -> None:
+              batch_size: int | None = None, eta: torch.Tensor | None = None) -> None:
         weights = {} if self.weight_guide is None else self.weight_guide(context, target,
                                                                          batch_size)
         with pyro.plate("data", context.shape[-2], subsample_size=batch_size,
@@ -265,3 +323,20 @@ def _mixture_over_draws(draws: list[Distribution]) -> Distribution:
     samples = torch.stack([d.sample() for d in draws], dim=1)
     return dist.Empirical(samples, torch.zeros(samples.shape[:2], device=samples.device))
 
+
+
+def _spec_name(prior: LatentPrior | WeightPrior) -> str:
+    """The registered name of a prior, or ``"custom:<class>"`` for an unregistered class."""
+    spec = prior_spec(prior)
+    return spec["name"] or f"custom:{spec['class']}"
+
+
+class _SitePrior:
+    """The prior of one random weight, rebuilt at each access so that it can read the weight
+    prior's hyper-parameters (``PyroSample`` calls it with the owning module)."""
+
+    def __init__(self, model: BJEPA, name: str) -> None:
+        self.model, self.name = model, name
+
+    def __call__(self, module: torch.nn.Module) -> Distribution:
+        return self.model._weight_site_prior(self.name)
