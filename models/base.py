@@ -4,6 +4,7 @@ data-dependent canonical-correlation initialisation of the encoder's last linear
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,12 @@ from bjepa.models.ema import (
     make_tau_schedule,
 )
 from bjepa.metrics import canonical_directions, predictive_information
+from bjepa.models.preprocess import (
+    Standardizer,
+    UnstandardizedDataWarning,
+    is_standardized,
+    looks_unstandardized,
+)
 
 __all__ = [
     "WorldModel",
@@ -97,16 +104,27 @@ class WorldModel(PyroModule):
         #: constructor arguments, enough to rebuild the model from a checkpoint
         self.hparams: dict[str, Any] = {}
         self.tau_schedule: TauSchedule | None = None
+        #: fitted on the training data (:class:`~bjepa.models.preprocess.Standardizer`):
+        #: ``check_inputs``, ``encode`` and ``predict`` apply it to raw observations, and it
+        #: is saved with the model's extra state
+        self.standardizer: Standardizer | None = None
+        self._warned_unstandardized = False
 
     # -- data -------------------------------------------------------------------------------
     def check_inputs(self, context: torch.Tensor, target: torch.Tensor | None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Validate a ``(context, target)`` pair against this model; raise naming the argument."""
+        """Validate a ``(context, target)`` pair against this model; raise naming the argument.
+
+        With a :attr:`standardizer` the pair is taken as raw observations and returned
+        standardised; without one, data that look unstandardised draw one warning per model."""
+        self._check_width("context", context)
         check_tensor("context", context, ndim=2, last_dim=self.obs_dim)
+        self._check_latent_dim()
         if target is None:
             if self.needs_target:
                 raise ValueError(f"{type(self).__name__} needs a target (the next frames)")
-            return context, None
+            return self._standardized("context", context), None
+        self._check_width("target", target)
         check_tensor("target", target, ndim=2, last_dim=self.obs_dim)
         if target.shape[0] != context.shape[0]:
             raise ValueError(
@@ -115,7 +133,52 @@ class WorldModel(PyroModule):
             )
         if target.device != context.device:
             raise ValueError("context and target must be on the same device")
-        return context, target
+        return self._standardized("context", context), self._standardized("target", target)
+
+    @property
+    def standardizer(self) -> Standardizer | None:
+        """The input standardiser (``None``: inputs are used as given)."""
+        return self.__dict__.get("_standardizer")
+
+    @standardizer.setter
+    def standardizer(self, value: Standardizer | None) -> None:
+        if value is not None:
+            if not isinstance(value, Standardizer):
+                raise TypeError("standardizer must be a bjepa.models.preprocess.Standardizer "
+                                f"or None, got {type(value).__name__}")
+            if value.width != self.obs_dim:
+                raise ValueError(f"the standardizer reads rows of {value.width} values, the "
+                                 f"model's obs_dim is {self.obs_dim}")
+        self.__dict__["_standardizer"] = value
+
+    def _check_width(self, name: str, x: Any) -> None:
+        if self.standardizer is not None and isinstance(x, torch.Tensor):
+            self.standardizer.check_width(name, x)
+
+    def _check_latent_dim(self) -> None:
+        """A bias-free linear encoder cannot make more latent dimensions than it reads."""
+        if self.hparams.get("encoder") == "linear" and self.latent_dim > self.obs_dim:
+            k = -(-self.latent_dim // self.obs_dim)
+            raise ValueError(
+                f"latent_dim={self.latent_dim} > obs_dim={self.obs_dim}: a linear encoder cannot "
+                f"make {self.latent_dim} latent dimensions from {self.obs_dim} value(s) per row; "
+                f"stack k >= {k} past frames per context (bjepa.data.make_pairs(x, "
+                f"context_frames={k}), or `bjepa train --context-frames {k}`), or use "
+                f"latent_dim <= {self.obs_dim}")
+
+    def _standardized(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if self.standardizer is None:
+            if not self._warned_unstandardized:
+                reason = looks_unstandardized(x)
+                if reason is not None:
+                    self._warned_unstandardized = True
+                    warnings.warn(
+                        f"{name} looks unstandardised ({reason}): train on standardised data, "
+                        "e.g. model.standardizer = bjepa.data.Standardizer.fit(train_frames) "
+                        "before fit (bjepa.data.load_pairs and `bjepa train --data` do this "
+                        "for you)", UnstandardizedDataWarning, stacklevel=3)
+            return x
+        return x if is_standardized(x) else self.standardizer(x)
 
     @property
     def device(self) -> torch.device:
@@ -145,10 +208,16 @@ class WorldModel(PyroModule):
             self._ema.module._apply(fn, recurse)
         return self
 
-    def get_extra_state(self) -> dict[str, torch.Tensor]:
-        return {} if self._ema is None else dict(self._ema.module.state_dict())
+    def get_extra_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {} if self._ema is None else dict(self._ema.module.state_dict())
+        if self.standardizer is not None:
+            state["standardizer"] = self.standardizer.state()
+        return state
 
-    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        state = dict(state or {})  # checkpoints before the standardiser hold the EMA alone
+        std = state.pop("standardizer", None)
+        self.standardizer = None if std is None else Standardizer.from_state(std)
         if self._ema is not None and state:
             self._ema.module.load_state_dict(state)
 
@@ -189,9 +258,14 @@ class WorldModel(PyroModule):
     # -- public API -------------------------------------------------------------------------
     def as_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """Validate observations ``x`` (named ``name`` in errors) and cast them to the model's
-        dtype; data on another device than the model is refused."""
+        dtype; data on another device than the model is refused. Raw observations are
+        standardised with :attr:`standardizer` (once: tensors that
+        :meth:`check_inputs` returned are not standardised again)."""
         p = next(self.parameters())
+        self._check_width(name, x)
         check_tensor(name, x, ndim=2, last_dim=self.obs_dim, device=p.device)
+        if self.standardizer is not None and not is_standardized(x):
+            x = self.standardizer(x)  # in the input's precision, then cast
         return x.to(p.dtype)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -264,6 +264,7 @@ def fit_args(draw):
 
 @fuzz(150)
 @given(fit_args())
+@pytest.mark.filterwarnings("ignore::bjepa.models.preprocess.UnstandardizedDataWarning")
 def test_fuzz_fit(case):
     model, context, target, kw, bad, iffy, extreme = case
     try:
