@@ -44,8 +44,21 @@ def test_weight_posterior_trains_and_predicts(guide, small_split):
 
 
 def test_callable_weight_prior():
+    """A callable prior becomes the weight sites' prior: the model's log-density of a weight
+    draw is the Student-t log-density of it, and training runs."""
     m = BJEPA(5, 2, weight_prior=lambda name, p: torch.distributions.StudentT(4.0, 0.0, 1.0))
-    fit(m, torch.randn(40, 5), torch.randn(40, 5), steps=5, progress=False)
+    xc, xt = torch.randn(6, 5), torch.randn(6, 5)
+    g = pyro.poutine.trace(m.guide).get_trace(xc, xt)
+    tr = pyro.poutine.trace(pyro.poutine.replay(m.model, trace=g)).get_trace(xc, xt)
+    assert set(m.weight_site_names) <= set(tr.nodes)
+    for name in m.weight_site_names:
+        site = tr.nodes[name]
+        w = site["value"]
+        want = torch.distributions.StudentT(4.0, 0.0, 1.0).log_prob(w).sum()
+        torch.testing.assert_close(site["fn"].log_prob(w), want)
+        assert w.shape == site["fn"].event_shape  # one site per parameter tensor
+    h = fit(m, torch.randn(40, 5), torch.randn(40, 5), steps=5, progress=False)
+    assert all(torch.isfinite(torch.tensor(h.loss)))
     with pytest.raises(ValueError, match="shape"):
         BJEPA(5, 2, weight_prior=lambda name, p: torch.distributions.Normal(
             torch.zeros(7), 1.0))
@@ -101,10 +114,20 @@ def test_bjepa_filters_noisy_tv_like_vjepa():
 
 
 def test_energy_fusion_reports_ess():
+    """The reported ESS is ``(Σ w)² / Σ w²`` of the importance weights ``w ∝ exp(−E(z))`` at
+    the proposals; a flat energy gives every draw the same weight (ESS = draws)."""
     m = BJEPA(5, 2)
-    d = m.predict(torch.randn(3, 5), prior=EnergyPrior(2, lambda z: z.pow(2).sum(-1)),
-                  fusion_samples=500)
-    assert d.ess.shape == (3,) and (d.ess <= 500).all()
+    energy = lambda z: z.pow(2).sum(-1)  # noqa: E731
+    d = m.predict(torch.randn(3, 5), prior=EnergyPrior(2, energy), fusion_samples=500)
+    assert d.ess.shape == (3,)
+    z = d.enumerate_support()  # (3, 500, 2): each row's proposals
+    w = torch.exp(-energy(z).double())
+    torch.testing.assert_close(d.ess.double(), w.sum(-1).pow(2) / w.pow(2).sum(-1), rtol=1e-4,
+                               atol=0)
+    assert (d.ess < 500).all() and (d.ess > 1).all()
+    flat = m.predict(torch.randn(3, 5), prior=EnergyPrior(2, lambda z: 0.0 * z.sum(-1)),
+                     fusion_samples=500)
+    torch.testing.assert_close(flat.ess, torch.full((3,), 500.0), rtol=1e-5, atol=0)
 
 
 def _toy_regression(n=200, seed=0):

@@ -46,8 +46,10 @@ def test_predictive_information_validates_its_inputs():
         predictive_information(a, b[:9])
     with pytest.raises(ValueError, match="more rows"):
         predictive_information(a[:4], b[:4])
-    with pytest.raises(ValueError, match="a"):
+    with pytest.raises(ValueError, match=r"^a must have 2 dimensions, got shape \(10,\)"):
         predictive_information(a[:, 0], b)
+    with pytest.raises(ValueError, match=r"^b must have 2 dimensions"):
+        predictive_information(a, b[:, 0])
 
 
 @pytest.fixture(scope="module")

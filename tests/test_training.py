@@ -32,13 +32,27 @@ def test_ema_target_not_trainable():
 
 
 def test_target_variance_gets_gradient_and_mean_does_not():
-    m = VJEPA(5, 2)
+    m = VJEPA(5, 2, init="random")
+    with torch.no_grad():  # the online encoder and its EMA copy differ, as after training
+        for p in m.context_encoder.parameters():
+            p.add_(0.3)
     xc, xt = torch.randn(7, 5), torch.randn(7, 5)
+    q = m.target_dist(xt)
+    # the mean is the EMA encoder's output, cut from the graph (stop-gradient) ...
+    assert not q.mean.requires_grad
+    torch.testing.assert_close(q.mean, m.target_encoder(xt), rtol=0, atol=0)
+    # ... while the scale is a function of trainable parameters
+    assert q.stddev.requires_grad
     loss = TraceMeanField_ELBO().differentiable_loss(m.model, m.guide, xc, xt)
     loss.backward()
     assert m.target_scale_net.bias.grad is not None
     assert m.target_scale_net.bias.grad.abs().sum() > 0
-    assert all(p.grad is None for p in m.target_encoder.parameters())
+    # the KL term, β/2 Σ μ², would give the encoder a gradient through a non-detached mean
+    m.zero_grad()
+    kl = torch.distributions.kl_divergence(q, m.prior_dist(q.mean)).sum()
+    assert not kl.requires_grad or all(
+        g is None for g in torch.autograd.grad(kl, list(m.context_encoder.parameters()),
+                                               allow_unused=True))
 
 
 def test_tau_schedules():
@@ -120,12 +134,16 @@ def test_malicious_checkpoint_refused(tmp_path):
 
     from bjepa.inference.checkpoint import CheckpointError, load_checkpoint
 
-    class Evil:
+    marker = tmp_path / "pwned"
+
+    class Evil:  # the payload writes to an absolute path inside tmp_path, where we look
         def __reduce__(self):
-            return (exec, ("open('pwned', 'w').write('x')",))
+            return (exec, (f"import pathlib; pathlib.Path({str(marker)!r}).write_text('x')",))
 
     path = tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(Evil()))
     with pytest.raises(CheckpointError, match="not a safe"):
         load_checkpoint(path)
-    assert not (tmp_path / "pwned").exists()
+    assert not marker.exists()
+    pickle.loads(path.read_bytes())  # the payload is live: plain unpickling runs it
+    assert marker.exists()
