@@ -164,3 +164,52 @@ def test_predictive_information_is_the_gaussian_mutual_information():
     assert math.isfinite(predictive_information(a[:5], b[:5]))
     with pytest.raises(ValueError, match="more rows"):
         predictive_information(a[:4], b[:4])
+
+
+# -- EMA and τ schedules ----------------------------------------------------------------------
+def test_cosine_tau_values_between_the_ends():
+    from bjepa.models.ema import cosine_tau
+
+    s = cosine_tau(0.9, 1.0)
+    # frac = step / (total − 1); τ = end − (end − start)(1 + cos πfrac)/2
+    assert s(0, 11) == pytest.approx(0.9, abs=1e-15)
+    assert s(5, 11) == pytest.approx(0.95, abs=1e-15)
+    assert s(10, 11) == pytest.approx(1.0, abs=1e-15)
+    assert s(2, 11) == pytest.approx(1.0 - 0.1 * 0.5 * (1 + math.cos(math.pi * 0.2)), abs=1e-15)
+    assert s(20, 11) == pytest.approx(1.0) and s(-3, 11) == pytest.approx(0.9)  # clamped
+    assert cosine_tau(0.5, 0.7)(0, 1) == pytest.approx(0.5)  # a one-step run: τ(0) = start
+
+
+def test_tau_schedules_are_immutable_values():
+    import dataclasses
+
+    from bjepa.models.ema import constant_tau, cosine_tau
+
+    for s in (constant_tau(0.5), cosine_tau()):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.start = 0.0  # type: ignore[misc]
+        assert hash(s) == hash(type(s)(*dataclasses.astuple(s)))
+
+
+@pytest.mark.parametrize("spec", ["cosine:0.9", "linear", "linear:0.9:1", "cosine:0.9:1:2"])
+def test_unknown_tau_strings_are_refused(spec):
+    from bjepa.models.ema import make_tau_schedule
+
+    with pytest.raises(ValueError, match="not understood"):
+        make_tau_schedule(spec)
+
+
+def test_ema_update_copies_buffers_and_requires_matching_ones():
+    from bjepa.models.ema import EMATarget
+
+    src = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMATarget(src)
+    src.train()
+    src(torch.randn(16, 3) * 5.0 + 2.0)  # moves the running statistics
+    ema.update(src, 0.9)
+    for bt, bs in zip(ema.module.buffers(), src.buffers(), strict=True):
+        assert torch.equal(bt, bs)
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2, affine=True),
+                                torch.nn.BatchNorm1d(2, affine=False))
+    with pytest.raises(ValueError):
+        EMATarget(src).update(other, 0.5)
