@@ -88,15 +88,22 @@ def test_shared_minibatches_train_every_replica_reproducibly():
 
 
 def test_minibatch_replicas_train_and_report_own_losses():
+    """Each history ends with its own replica's loss, evaluated with its own seed: the same
+    replicas listed in another order report the same final losses, each to its model."""
     ctx, tgt = _data()
-    models = [_build(VJEPA, s) for s in SEEDS]
-    hists = fit(models, ctx, tgt, steps=40, lr=1e-2, seed=SEEDS, batch_size=64,
-                progress=False)
-    finals = [h.final_loss for h in hists]
-    assert all(torch.isfinite(torch.tensor(finals)))
-    assert len(set(finals)) == len(finals)  # each history ends with its replica's own loss
-    z = models[0].encode(ctx[0].double())
-    assert z.shape == (ctx[0].shape[0], 4)
+    finals = {}
+    for order in ([0, 1, 2], [1, 2, 0]):
+        models = [_build(VJEPA, SEEDS[i]) for i in order]
+        hists = fit(models, [ctx[i] for i in order], [tgt[i] for i in order], steps=40,
+                    lr=1e-2, seed=[SEEDS[i] for i in order], batch_size=64, progress=False)
+        finals[tuple(order)] = {i: h.final_loss for i, h in zip(order, hists, strict=True)}
+        z = models[0].encode(ctx[order[0]].double())
+        assert z.shape == (ctx[0].shape[0], 4)
+    a, b = finals.values()
+    assert all(torch.isfinite(torch.tensor(list(a.values()))))
+    for i in a:
+        assert a[i] == pytest.approx(b[i], rel=1e-9, abs=0), (i, a, b)
+    assert len(set(a.values())) == len(a)
 
 
 def test_replica_errors_name_the_problem():
