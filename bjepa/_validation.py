@@ -22,6 +22,7 @@ __all__ = [
     "check_positive_int",
     "check_tensor",
     "check_unit_interval",
+    "resolve_device",
 ]
 
 
@@ -131,3 +132,32 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
     return value
+
+
+def resolve_device(device: Any, model: torch.nn.Module | None = None) -> torch.device:
+    """The torch device that ``device`` names, checked to exist on this machine — the one place
+    where every command and the trainer resolve ``--device`` / ``device=`` before anything is
+    written. ``None`` means the model's device (or the CPU without a model)."""
+    if device is None:
+        params = [] if model is None else list(model.parameters())
+        return params[0].device if params else torch.device("cpu")
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {str(device)!r} is not a torch device; use 'cpu', 'cuda' or "
+                         "'cuda:N'") from None
+    if dev.type == "meta":
+        raise ValueError("device is 'meta' (tensors without data); use 'cpu' or 'cuda'")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r}: bjepa trains on 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} was requested but CUDA is not available "
+                             "on this machine (a CPU-only torch build or no GPU); use "
+                             "--device cpu / device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible; use 'cuda' or a smaller index")
+    return dev

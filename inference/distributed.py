@@ -57,17 +57,14 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,40 +83,18 @@ from torch.distributions import (
     Normal,
 )
 
-from bjepa._util import progress_bar
-from bjepa._validation import (
-    check_choice,
-    check_positive,
-)
-from bjepa.inference.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    TrainingState,
-    capture_rng_state,
-    load_checkpoint,
-    restore_model_state,
-    restore_rng_state,
-)
-from bjepa.inference.fit import (
+from bjepa._validation import check_choice, check_positive
+from bjepa.inference.checkpoint import CheckpointError, capture_rng_state, restore_rng_state
+from bjepa.inference.engine import Strategy
+from bjepa.inference.svi import (
     ELBO_CHOICES,
-    MAX_CONSECUTIVE_SKIPS,
-    FusedSVI,
     NonFiniteLossError,
-    TrainingHistory,
-    _check_resume_config,
-    _fingerprint,
-    _finite_params,
-    _is_nonfinite_validation_error,
-    _jsonable,
-    _resolve_device,
-    _rewind_metrics,
-    check_fit_args,
-    data_start,
-    make_elbo,
-    set_seed,
+    apply_gradients,
+    is_nonfinite_validation_error,
 )
 
 __all__ = [
+    "DDPStrategy",
     "DistributedContext",
     "agree",
     "broadcast",
@@ -554,375 +529,186 @@ def _trainable(params: list[nn.Parameter], frozen: set[nn.Parameter]) -> Iterato
             p.requires_grad_(flag)
 
 
-# -- training ------------------------------------------------------------------------------------
-def fit_ddp(
-    model: Any,
-    context: torch.Tensor,
-    target: torch.Tensor | None = None,
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    batch_size: int | None = None,
-    seed: int | None = 0,
-    device: str | torch.device | None = None,
-    elbo: str = "auto",
-    num_particles: int = 1,
-    warmup_steps: int | None = None,
-    progress: bool = True,
-    log_every: int = 1,
-    metrics_path: str | Path | None = None,
-    metrics_tags: dict[str, Any] | None = None,
-    callback: Callable[[int, dict[str, float]], bool | None] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int | None = None,
-    keep_last: int = 3,
-    resume: bool = False,
-    on_nonfinite: str = "raise",
-) -> TrainingHistory:
-    """:func:`~bjepa.inference.fit` on every process of a ``torchrun`` job, with gradients
-    averaged by :class:`~torch.nn.parallel.DistributedDataParallel` (see the module docstring
-    for what is sharded and how the loss is scaled).
+# -- the strategy ----------------------------------------------------------------------------------
+class DDPStrategy(Strategy):
+    """The loop's strategy under ``torchrun``: every process evaluates its shard of each global
+    mini-batch and :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients
+    (the module docstring says what is sharded and how the loss is scaled). Rank 0 writes
+    checkpoints, metrics and logs; a checkpoint holds the global state, so it resumes on any
+    number of processes and with the single-process strategy. Without ``torchrun`` it trains in
+    this one process."""
 
-    Call it on every rank with the same model, data and arguments. The arguments mean what they
-    mean for :func:`~bjepa.inference.fit`; ``batch_size`` is the *global* mini-batch (each of
-    ``W`` processes evaluates about ``batch_size / W`` rows per step; ``None`` splits the full
-    batch). With the same ``seed`` the run takes the same steps as single-process ``fit`` (to
-    float rounding), on any number of processes. Without ``torchrun`` it trains in this one
-    process. Differences from ``fit``:
+    name = "ddp"
 
-    - only rank 0 writes ``metrics_path``, checkpoints, logs and the progress bar, and only rank
-      0 calls ``callback`` (its stop decision is sent to the others);
-    - ``device="cuda"`` means ``cuda:LOCAL_RANK`` on each process; backend ``nccl`` on CUDA,
-      ``gloo`` on CPU (the process group is set up on first use, :func:`init_distributed`);
-    - the ``"jit-*"`` ELBOs are refused;
-    - Ctrl-C is not deferred to the end of a step: stop with Ctrl-C and resume from the newest
-      periodic checkpoint (``checkpoint_every``).
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.ctx = DistributedContext()
 
-    :returns: the :class:`~bjepa.inference.fit.TrainingHistory`, identical on every rank (the
-        loss is averaged over ranks; ``last_checkpoint`` is rank 0's file).
-    :raises ValueError, TypeError: for bad arguments, naming them (on every rank).
-    :raises CheckpointError: when a checkpoint to resume is unreadable or does not match.
-    :raises NonFiniteLossError: on divergence (see ``on_nonfinite``).
-    """
-    check_choice("elbo", elbo, ELBO_CHOICES)
-    if elbo == "auto":  # the compiled form cannot shard its random draws
-        elbo = "meanfield"
-    if elbo.startswith("jit"):
-        raise ValueError(f"elbo={elbo!r} is not supported by the ddp strategy (a compiled loss "
-                         "cannot shard its random draws); use 'meanfield' or 'trace'")
-    steps, lr, context, target, batch_size = check_fit_args(
-        model, context, target, steps=steps, lr=lr, elbo=elbo, num_particles=num_particles,
-        log_every=log_every, on_nonfinite=on_nonfinite, seed=seed, warmup_steps=warmup_steps,
-        checkpoint_every=checkpoint_every, keep_last=keep_last, resume=resume,
-        checkpoint_dir=checkpoint_dir, metrics_tags=metrics_tags, callback=callback,
-        batch_size=batch_size)
-    n = context.shape[0]
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return self.ctx.rank
 
-    ctx = init_distributed(_device_kind(device, model))
-    shard = _shards(n, batch_size or n, ctx.world_size)[ctx.rank]
-    smallest = (batch_size or n) // ctx.world_size
-    need = max(int(getattr(model, "min_batch_size", 1)), 1)
-    if smallest < need:
-        raise ValueError(
-            f"{'batch_size=' + str(batch_size) if batch_size else f'{n} rows of context'} "
-            f"split over {ctx.world_size} processes leaves {smallest} rows on some; "
-            f"{type(model).__name__} needs at least {need} per process: raise batch_size or "
-            "use fewer processes")
-    dev = _resolve_device(_rank_device(device, model, ctx), model)
-    model.to(dev)
-    dtype = next(model.parameters()).dtype
-    context = context.to(device=dev, dtype=dtype)
-    target = None if target is None else target.to(device=dev, dtype=dtype)
-    if seed is not None:
-        set_seed(seed)
+    @property
+    def world_size(self) -> int:  # type: ignore[override]
+        return self.ctx.world_size
 
-    manager, error = None, None
-    if ctx.rank == 0 and checkpoint_dir is not None:
+    @staticmethod
+    def resolve_elbo(elbo: str) -> str:
+        """``"auto"`` is the eager mean-field ELBO here; compiled ELBOs are refused."""
+        check_choice("elbo", elbo, ELBO_CHOICES)
+        if elbo == "auto":  # the compiled form cannot shard its random draws
+            return "meanfield"
+        if elbo.startswith("jit"):
+            raise ValueError(f"elbo={elbo!r} is not supported by the ddp strategy (a compiled "
+                             "loss cannot shard its random draws); use 'meanfield' or 'trace'")
+        return elbo
+
+    def agree(self, error: BaseException | None) -> None:
+        agree(self.ctx, error)
+
+    def broadcast(self, value: Any) -> Any:
+        return broadcast(self.ctx, value)
+
+    def any_flag(self, flag: bool) -> bool:
+        if self.ctx.world_size == 1:
+            return flag
+        box = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(box)
+        return bool(box.item() > 0)
+
+    def prepare(self, model: Any, rows: int, batch_size: int | None, device: torch.device
+                ) -> torch.device:
+        self.ctx = init_distributed(device.type)
+        self.shard = _shards(rows, batch_size or rows, self.ctx.world_size)[self.ctx.rank]
+        smallest = (batch_size or rows) // self.ctx.world_size
+        need = max(model.training_hints().min_batch_size, 1)
+        if smallest < need:
+            raise ValueError(
+                f"{'batch_size=' + str(batch_size) if batch_size else f'{rows} rows of context'}"
+                f" split over {self.ctx.world_size} processes leaves {smallest} rows on some; "
+                f"{type(model).__name__} needs at least {need} per process: raise batch_size or "
+                "use fewer processes")
+        self.device = _rank_device(device, self.ctx)
+        return self.device
+
+    def after_restore(self, model: Any, device: torch.device) -> None:
+        _broadcast_model(self.ctx, model)
+        _sync_rng(self.ctx, device)
+
+    def build(self, model: Any, programs: tuple[Callable, Callable], loss_fn: Any, lr: float
+              ) -> None:
+        self.model = model
+        self.loss_module = _ELBOLoss(model, loss_fn, self.shard, self.seed, self.ctx.rank,
+                                     self.device)
+        self.params = list(self.loss_module.parameters())
+        self.optim = torch.optim.Adam(self.params, lr=lr, foreach=True)
+        self.engine: nn.Module | None = None
+        self.engine_frozen: bool | None = None
+        self.status = torch.zeros(3, dtype=torch.float64, device=self.device)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.optim
+
+    def begin(self, trainer: Any) -> None:
+        """Find, per warm-up phase, the parameters without gradients (left out of DDP, so
+        ``find_unused_parameters`` is never needed) and warn about sites DDP cannot split."""
+        model, args = self.model, trainer.batches.full()[0]
+        warmup = trainer.config["warmup_steps"]
+        self.unused: dict[bool, set[nn.Parameter]] = {}
+        for frozen in ([True] if trainer.start_step < warmup else []) + [False]:
+            model.freeze_encoder = frozen
+            self.unused[frozen], batch_level, uncovered = _trial(self.loss_module, *args,
+                                                                 self.device)
+        model.freeze_encoder = False
+        if self.ctx.rank == 0 and self.ctx.world_size > 1 and batch_level:
+            logger.warning(
+                "%s: site(s) %s are computed from the whole mini-batch, not summed over rows "
+                "(e.g. VICReg's variance and covariance); under ddp each of the %d processes "
+                "evaluates them on its own shard, so updates differ from single-process "
+                "training", type(model).__name__, ", ".join(batch_level), self.ctx.world_size)
+        if self.ctx.rank == 0 and uncovered:
+            logger.warning("%s: latent site(s) %s are sampled in the model, not the guide; each "
+                           "process draws them for its own rows", type(model).__name__,
+                           ", ".join(uncovered))
+
+    def step(self, step: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        frozen = bool(self.model.freeze_encoder)
+        if self.engine is None or self.engine_frozen != frozen:
+            self.engine = None  # release the previous DDP wrapper (and its gradient hooks)
+            self.engine = _make_engine(self.loss_module, self.params, self.unused[frozen],
+                                       self.ctx, self.device)
+            self.engine_frozen = frozen
+        self.loss_module.sharder.start_step(step)
+        loss, desc, error = math.nan, "", None
         try:
-            manager = CheckpointManager(checkpoint_dir, keep_last=keep_last)
-        except Exception as err:  # noqa: BLE001 - sent to every rank by agree
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Encountered NaN",
+                                        category=UserWarning)
+                loss_t = self.engine(args[0], args[1])
+            loss = float(loss_t.detach())
+        except ValueError as err:
+            if not is_nonfinite_validation_error(err):
+                error = err
+            desc = "non-finite values in a distribution ({})".format(
+                (str(err).splitlines() or [""])[0])
+        except Exception as err:  # noqa: BLE001 - re-raised below after the others know
             error = err
-    agree(ctx, error)
-    try:
-        return _fit_ddp(model, context, target, manager, ctx, shard, dev, steps=steps, lr=lr,
-                        batch_size=batch_size, seed=seed, elbo=elbo,
-                        num_particles=num_particles, warmup_steps=warmup_steps,
-                        progress=progress, log_every=log_every,
-                        metrics_path=Path(metrics_path) if metrics_path else None,
-                        metrics_tags=dict(metrics_tags or {}), callback=callback,
-                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                        resume=resume, on_nonfinite=on_nonfinite)
-    finally:
-        if manager is not None:
-            manager.close()
+        status = self.status
+        status[0] = loss if math.isfinite(loss) else 0.0
+        status[1] = 0.0 if math.isfinite(loss) else 1.0
+        status[2] = 1.0 if error is not None else 0.0
+        if self.ctx.world_size > 1:
+            dist.all_reduce(status)
+        if status[2] > 0:
+            self.optim.zero_grad(set_to_none=True)
+            if error is not None:
+                raise error
+            raise RuntimeError(f"another process failed at step {step}; see its error")
+        if status[1] > 0:
+            self.optim.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(desc or (f"non-finite loss {loss}" if not math.isfinite(
+                loss) else "non-finite loss on another process"))
+        loss = float(status[0]) / self.ctx.world_size
+        loss_t.backward()
+        return apply_gradients(self.optim, self.params, loss)
+
+    def capture_rng(self) -> dict[str, Any]:
+        """:func:`capture_rng_state` plus the state of this rank's own CUDA device (rank 0's,
+        which every rank shares), so a resume on other GPUs restores the stream in use."""
+        return _capture_rng(self.device)
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        _restore_rng(state, self.device)
+
+    def before_save(self, model: Any, step: int) -> None:
+        _check_in_sync(self.ctx, model, self.device, step)
+
+    def end(self) -> None:
+        self.engine = None
 
 
-def _device_kind(device: str | torch.device | None, model: nn.Module) -> str:
-    if device is None:
-        return next(model.parameters()).device.type
-    if not isinstance(device, str | torch.device):
-        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
-    try:
-        return torch.device(device).type
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"device {device!r} is not a torch device; use 'cpu' or 'cuda'") from err
+def fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None = None,
+            **kwargs: Any) -> Any:
+    """:func:`~bjepa.inference.fit` with ``strategy="ddp"``: call it on every process of a
+    ``torchrun`` job with the same model, data and arguments. ``batch_size`` is the *global*
+    mini-batch; with the same ``seed`` the run takes the same steps as single-process ``fit``
+    (to float rounding), on any number of processes; ``device="cuda"`` means
+    ``cuda:LOCAL_RANK``; the ``"jit-*"`` ELBOs are refused; only rank 0 writes files and runs
+    callbacks (its stop decision is sent to the others)."""
+    from bjepa.inference.fit import fit
+
+    return fit(model, context, target, strategy="ddp", **kwargs)
 
 
-def _rank_device(device: str | torch.device | None, model: nn.Module,
-                 ctx: DistributedContext) -> str | torch.device | None:
+def _rank_device(device: torch.device, ctx: DistributedContext) -> torch.device:
     """On CUDA under torchrun each process drives ``cuda:LOCAL_RANK``."""
-    if _device_kind(device, model) != "cuda" or not ctx.is_distributed:
+    if device.type != "cuda" or not ctx.is_distributed:
         return device
-    wanted = torch.device(device) if device is not None else None
-    if wanted is not None and wanted.index is not None and ctx.world_size > 1 \
-            and wanted.index != ctx.local_rank:
-        raise ValueError(f"device={device!r}: under torchrun each process uses "
+    if device.index is not None and ctx.world_size > 1 and device.index != ctx.local_rank:
+        raise ValueError(f"device={str(device)!r}: under torchrun each process uses "
                          f"cuda:LOCAL_RANK (here cuda:{ctx.local_rank}); pass device='cuda'")
     return torch.device("cuda", ctx.local_rank)
-
-
-def _fit_ddp(model: Any, context: torch.Tensor, target: torch.Tensor | None,
-             manager: CheckpointManager | None, ctx: DistributedContext, shard: _Shard,
-             dev: torch.device, *, steps: int, lr: float, batch_size: int | None,
-             seed: int | None, elbo: str, num_particles: int, warmup_steps: int | None,
-             progress: bool, log_every: int, metrics_path: Path | None,
-             metrics_tags: dict[str, Any], callback: Callable | None,
-             checkpoint_dir: str | Path | None, checkpoint_every: int | None, resume: bool,
-             on_nonfinite: str) -> TrainingHistory:
-    n = context.shape[0]
-    rank0 = ctx.rank == 0
-    config: dict[str, Any] = {
-        "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed, "elbo": elbo,
-        "num_particles": num_particles, "log_every": log_every,
-        "checkpoint_every": checkpoint_every, "on_nonfinite": on_nonfinite, "rows": n,
-        "data_sha256": _fingerprint(context, target) if checkpoint_dir is not None else "",
-        "strategy": "ddp", "world_size": ctx.world_size,
-    }
-    # rank 0 reads the newest checkpoint; every rank then restores the same payload
-    found, error = None, None
-    if manager is not None:
-        try:
-            latest = manager.latest()
-            if latest is not None and not resume:
-                raise ValueError(
-                    f"checkpoint_dir {manager.directory} already holds checkpoints (newest "
-                    f"{latest.name}); pass resume=True to continue that run or choose an empty "
-                    "folder")
-            found = None if latest is None else (str(latest), load_checkpoint(latest))
-        except Exception as err:  # noqa: BLE001 - sent to every rank by agree
-            error = err
-    agree(ctx, error)
-    found = broadcast(ctx, found)
-    latest = None if found is None else Path(found[0])
-    payload = None if found is None else found[1]
-    if payload is not None:
-        if not isinstance(payload.get("training"), dict):
-            raise CheckpointError(f"{latest} is a model checkpoint without training state")
-        restore_model_state(payload, model, latest)
-        model.to(dev)
-        if int(payload["training"].get("step", 0)) > steps:
-            raise ValueError(f"steps={steps} is below the step the checkpoint {latest} "
-                             f"reached ({payload['training']['step']}); pass steps >= it")
-        _check_resume_config(payload["training"]["config"], config, warmup_steps, latest)
-        warmup_steps = payload["training"]["config"]["warmup_steps"]
-    else:
-        warmup_steps = data_start(model, context, target, steps, warmup_steps)
-    config["warmup_steps"] = warmup_steps
-
-    loss_fn = make_elbo(elbo, num_particles)
-    svi = FusedSVI(model.model, model.guide, model.parameters(), loss_fn, lr=lr)
-    optim = svi.optim
-    history = TrainingHistory(elbo=elbo)
-    start_step, elapsed = 0, 0.0
-    if payload is not None:
-        training = payload["training"]
-        try:
-            optim.load_state_dict(training["optimizer"])
-            for group in optim.param_groups:
-                group["lr"] = lr
-            history = TrainingHistory.from_state(training["history"])
-            start_step = int(training["step"])
-        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:
-            raise CheckpointError(f"{latest} has an optimiser or history that does not fit "
-                                  f"this model ({err})") from err
-        history.stopped_early = False
-        elapsed = history.seconds
-        history.resumed_from = start_step
-        history.last_checkpoint = latest
-        _restore_rng(training["rng"], dev)
-        if rank0:
-            logger.info("resuming %s from %s (step %d of %d) on %d processes",
-                        type(model).__name__, latest, start_step, steps, ctx.world_size)
-            if metrics_path is not None:
-                _rewind_metrics(metrics_path, metrics_tags, start_step)
-    _broadcast_model(ctx, model)
-    _sync_rng(ctx, dev)
-
-    loss_module = _ELBOLoss(model, loss_fn, shard, 0 if seed is None else seed, ctx.rank,
-                          dev)
-    params = list(loss_module.parameters())
-    unused: dict[bool, set[nn.Parameter]] = {}
-    for frozen in ([True] if start_step < warmup_steps else []) + [False]:
-        model.freeze_encoder = frozen
-        unused[frozen], batch_level, uncovered = _trial(
-            loss_module, context, target, dev)
-    model.freeze_encoder = False
-    if rank0 and ctx.world_size > 1 and batch_level:
-        logger.warning(
-            "%s: site(s) %s are computed from the whole mini-batch, not summed over rows "
-            "(e.g. VICReg's variance and covariance); under ddp each of the %d processes "
-            "evaluates them on its own shard, so updates differ from single-process training",
-            type(model).__name__, ", ".join(batch_level), ctx.world_size)
-    if rank0 and uncovered:
-        logger.warning("%s: latent site(s) %s are sampled in the model, not the guide; each "
-                       "process draws them for its own rows", type(model).__name__,
-                       ", ".join(uncovered))
-
-    saved_at = [start_step if payload is not None else -1]
-    sink = None
-
-    def save(step: int) -> None:
-        """Checkpoint (rank 0 writes; every rank takes part in the consistency check)."""
-        if checkpoint_dir is None or saved_at[0] == step:
-            return
-        _check_in_sync(ctx, model, dev, step)
-        if not _finite_params(model):
-            raise NonFiniteLossError(
-                f"parameters became non-finite by step {step}; not checkpointing them. Last "
-                f"good checkpoint: {history.last_checkpoint or 'none'}")
-        history.seconds = elapsed + time.perf_counter() - t0
-        if manager is not None:
-            if sink is not None:
-                sink.flush()
-            state = TrainingState(step=step, optimizer=optim.state_dict(),
-                                  rng=_capture_rng(dev), config=config,
-                                  history=history.state())
-            history.last_checkpoint = manager.save(model, state,
-                                                   meta={"finished": step >= steps})
-        saved_at[0] = step
-
-    if rank0 and metrics_path is not None:
-        sink = open(metrics_path, "a", encoding="utf-8")  # noqa: SIM115
-    bar = progress_bar(steps, progress and rank0, type(model).__name__, leave=False,
-                       initial=start_step)
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.train()
-    completed, consecutive = start_step, 0
-    status = torch.zeros(3, dtype=torch.float64, device=dev)
-    engine: nn.Module | None = None
-    engine_frozen: bool | None = None
-    try:
-        if payload is None:
-            save(0)
-        for step in range(start_step, steps):
-            frozen = step < warmup_steps
-            model.freeze_encoder = frozen
-            if engine is None or engine_frozen != frozen:
-                engine = None  # release the previous DDP wrapper (and its gradient hooks)
-                engine = _make_engine(loss_module, params, unused[frozen], ctx, dev)
-                engine_frozen = frozen
-            loss_module.sharder.start_step(step)
-            loss, desc, error = math.nan, "", None
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Encountered NaN",
-                                            category=UserWarning)
-                    loss_t = engine(context, target)
-                loss = float(loss_t.detach())
-            except ValueError as err:
-                if not _is_nonfinite_validation_error(err):
-                    error = err
-                desc = "non-finite values in a distribution ({})".format(
-                    (str(err).splitlines() or [""])[0])
-            except Exception as err:  # noqa: BLE001 - re-raised below after the others know
-                error = err
-            status[0] = loss if math.isfinite(loss) else 0.0
-            status[1] = 0.0 if math.isfinite(loss) else 1.0
-            status[2] = 1.0 if error is not None else 0.0
-            if ctx.world_size > 1:
-                dist.all_reduce(status)
-            if status[2] > 0:
-                if error is not None:
-                    raise error
-                raise RuntimeError(f"another process failed at step {step}; see its error")
-            bad = ""
-            if status[1] > 0:
-                bad = desc or (f"non-finite loss {loss}" if not math.isfinite(loss)
-                               else "non-finite loss on another process")
-            else:
-                loss = float(status[0]) / ctx.world_size
-                loss_t.backward()
-                bad = svi._nonfinite(loss)
-                if not bad:
-                    try:
-                        optim.step()
-                    except RuntimeError as err:
-                        if "overflow" not in str(err):
-                            raise
-                        bad = f"the optimiser step overflowed ({err}); lower lr"
-            optim.zero_grad(set_to_none=True)
-            if bad:
-                if on_nonfinite == "raise":
-                    last = history.last_checkpoint or "none (pass checkpoint_dir= to keep one)"
-                    raise NonFiniteLossError(
-                        f"{bad} at step {step}; last good checkpoint: {last}; lower lr, "
-                        "check the data, or pass on_nonfinite='skip'")
-                history.skipped_steps += 1
-                consecutive += 1
-                if consecutive >= MAX_CONSECUTIVE_SKIPS:
-                    raise NonFiniteLossError(
-                        f"{consecutive} non-finite steps in a row up to step {step} ({bad}); "
-                        f"last good checkpoint: {history.last_checkpoint or 'none'}")
-                loss, extra = math.nan, {}
-            else:
-                consecutive = 0
-                extra = model.after_step(step, steps)
-            completed = step + 1
-            stop = False
-            if step % log_every == 0 or step == steps - 1:
-                record = {"step": step, "loss": loss / n, **extra,
-                          "seconds": elapsed + time.perf_counter() - t0}
-                if on_nonfinite == "skip":
-                    record["skipped"] = history.skipped_steps
-                history.records.append(record)
-                if sink is not None:
-                    sink.write(json.dumps({**metrics_tags, **_jsonable(record)}) + "\n")
-                if bar is not None and (step % 50 == 0 or step == steps - 1):
-                    bar.set_postfix(loss=f"{loss / n:.4f}")
-                if callback is not None:
-                    stop = bool(callback(step, record)) if rank0 else False
-                    stop = bool(broadcast(ctx, stop))
-                    history.stopped_early = stop
-            if bar is not None:
-                bar.update(1)
-            if stop:
-                break
-            if checkpoint_every and completed % checkpoint_every == 0 and completed < steps:
-                save(completed)
-        if not _finite_params(model):
-            raise NonFiniteLossError(
-                f"parameters became non-finite during training (by step {completed}); "
-                f"last good checkpoint: {history.last_checkpoint or 'none'}; lower lr")
-        _check_in_sync(ctx, model, dev, completed)
-        save(completed)
-        last = broadcast(ctx, None if history.last_checkpoint is None
-                          else str(history.last_checkpoint))
-        history.last_checkpoint = None if last is None else Path(last)
-    finally:
-        engine = None
-        model.freeze_encoder = False
-        model.train(was_training)
-        if bar is not None:
-            bar.close()
-        if sink is not None:
-            sink.close()
-    history.seconds = elapsed + time.perf_counter() - t0
-    if rank0:
-        logger.info("trained %s for %d steps in %.1fs on %d processes (%s)",
-                    type(model).__name__, completed - start_step, history.seconds,
-                    ctx.world_size, elbo)
-    return history
 
 
 def _make_engine(loss_module: _ELBOLoss, params: list[nn.Parameter],

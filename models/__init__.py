@@ -7,6 +7,7 @@ from bjepa.models.encoders import ENCODERS, make_encoder, register_encoder
 from bjepa.models.heads import HEADS, make_head, register_head
 from bjepa.models.jepa import JEPA
 from bjepa.models.mixture import MixtureDensityHead, register_mdn
+from bjepa.models.registry import available_models, build_model, register_model
 from bjepa.models.vae import VAE, AutoRegressive
 from bjepa.models.vjepa import VJEPA
 
@@ -21,9 +22,12 @@ __all__ = [
     "VJEPA",
     "AutoRegressive",
     "MixtureDensityHead",
+    "available_models",
+    "build_model",
     "make_encoder",
     "make_head",
     "register_encoder",
     "register_head",
     "register_mdn",
+    "register_model",
 ]

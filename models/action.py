@@ -8,7 +8,7 @@ The generative story, per transition ``(x_t, u_t, x_{t+1})``::
 
 with the guide ``z_T ~ q_θ'(z_T | x_{t+1})`` as in :class:`~bjepa.models.VJEPA`. Actions travel
 *inside* the context tensor so that every trainer that calls ``model(context, target)`` (e.g.
-:func:`bjepa.inference.fit`) works unchanged: ``context = pack(x_t, u_t)`` is
+the trainer ``fit``) works unchanged: ``context = pack(x_t, u_t)`` is
 ``cat([x_t, u_t], -1)`` of width ``obs_dim + action_dim``; the target stays the next frame.
 
 In latent space the model is a stochastic controlled system, ``z' ~`` :meth:`transition`
@@ -55,6 +55,7 @@ class ActionVJEPA(VJEPA):
     :param obs_dim: size of an observation frame ``x_t`` (what the encoders see).
     :param latent_dim: size of the latent ``z``.
     :param action_dim: size of an action ``u_t`` (keyword-only).
+
     Other arguments are those of :class:`~bjepa.models.VJEPA`. With ``init="cca"`` the encoder
     starts at the canonical directions of the next frame that ``(x_t, u_t)`` predict best, and a
     linear head at the least-squares fit of ``z_{t+1}`` on ``[z_t, u_t]``.
@@ -175,6 +176,7 @@ class ActionBJEPA(BJEPA, ActionVJEPA):
     :param obs_dim: size of an observation frame.
     :param latent_dim: size of the latent.
     :param action_dim: size of an action (keyword-only).
+
     Other arguments are those of :class:`~bjepa.models.BJEPA` and
     :class:`~bjepa.models.VJEPA`. With a weight prior, :meth:`transition` uses the weight
     posterior's median (a point predictor, cheap enough for planning); :meth:`predict`

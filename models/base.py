@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyro.nn
 import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.elbo import ELBO
 from pyro.nn import PyroModule
 from torch import nn
 
+from bjepa._util import seeded
 from bjepa._validation import check_choice, check_tensor
+from bjepa.metrics import canonical_directions, predictive_information
 from bjepa.models.ema import (
     EMATarget,
     TauSchedule,
@@ -21,7 +25,6 @@ from bjepa.models.ema import (
     cosine_tau,
     make_tau_schedule,
 )
-from bjepa.metrics import canonical_directions, predictive_information
 from bjepa.models.preprocess import (
     Standardizer,
     UnstandardizedDataWarning,
@@ -30,14 +33,61 @@ from bjepa.models.preprocess import (
 )
 
 __all__ = [
+    "HOOK_GUARD_EVALUATIONS",
+    "TrainingHints",
     "WorldModel",
     "canonical_directions",
     "init_input_layer",
     "last_linear",
+    "per_row_loss",
     "rows",
 ]
 
 _instance_ids = itertools.count()
+
+#: a model whose encoder got this many gradient evaluations (train mode) without
+#: :meth:`WorldModel.after_step` — or without :meth:`WorldModel.prepare` when it asks for a data
+#: start — warns once, naming the hook (see docs/pyro.md)
+HOOK_GUARD_EVALUATIONS = 100
+
+
+@dataclass(frozen=True)
+class TrainingHints:
+    """What a model tells the trainer about itself (instead of the trainer probing attributes).
+
+    :param min_batch_size: rows a training step needs at least (VICReg's variance needs 2).
+    :param jit_safe: whether ``elbo="auto"`` may compile the program (static structure, no
+        Python-side randomness or state).
+    :param max_plate_nesting: the deepest nesting of plates in the program (2 for a replica
+        stack: replicas × data).
+    :param replicas: how many models the program trains at once (the loss per observation is
+        divided by rows × replicas).
+    """
+
+    min_batch_size: int = 1
+    jit_safe: bool = True
+    max_plate_nesting: int = 1
+    replicas: int = 1
+
+
+def per_row_loss(loss_fn: ELBO, model: Any, context: torch.Tensor,
+                 target: torch.Tensor | None, *, seed: int | None = None,
+                 chunk: int | None = None, **model_kwargs: Any) -> float:
+    """``loss_fn``'s negative ELBO of ``model`` per row of ``(context, target)``, without
+    gradients, on a fork of torch's RNG seeded with ``seed`` (``None``: unseeded; the caller's
+    stream is not advanced either way), ``chunk`` rows at a time (``None``: all at once).
+    ``model_kwargs`` (per-row tensors such as a prior's ``eta``) are chunked with the data."""
+    n = context.shape[-2]
+    step = chunk or n
+    total = 0.0
+    with torch.no_grad(), seeded(seed, context.device, isolate=True):
+        for i in range(0, n, step):
+            tgt = None if target is None else target[..., i:i + step, :]
+            kw = {k: (v[..., i:i + step, :] if isinstance(v, torch.Tensor) and v.ndim >= 2
+                      and v.shape[-2] == n else v) for k, v in model_kwargs.items()}
+            total += float(loss_fn.loss(model.model, model.guide, context[..., i:i + step, :],
+                                        tgt, **kw))
+    return total / n
 
 
 def to_pyro(module: nn.Module) -> nn.Module:
@@ -91,10 +141,14 @@ class WorldModel(PyroModule):
 
     probe_offset: int = 1
     needs_target: bool = True
-    #: set by :func:`bjepa.inference.fit` during warm-up: the encoder gets no gradient.
+    #: set by the trainer during warm-up: the encoder gets no gradient.
     freeze_encoder: bool = False
     #: whether ``elbo="auto"`` may compile this model's program (static structure)
     jit_safe: bool = True
+    #: rows a training step needs at least
+    min_batch_size: int = 1
+    #: ``"cca"``: :meth:`prepare` gives the encoder its data-dependent start; ``"random"``: none
+    init: str = "random"
 
     def __init__(self, obs_dim: int, latent_dim: int) -> None:
         super().__init__(name=f"{type(self).__name__.lower()}{next(_instance_ids)}")
@@ -109,6 +163,11 @@ class WorldModel(PyroModule):
         #: is saved with the model's extra state
         self.standardizer: Standardizer | None = None
         self._warned_unstandardized = False
+        # the hook guard (see HOOK_GUARD_EVALUATIONS): training evaluations since the last
+        # after_step, whether the data start ran, and which warnings were given
+        self._evals_since_step = 0
+        self._started = False
+        self._hook_warned: set[str] = set()
 
     # -- data -------------------------------------------------------------------------------
     def check_inputs(self, context: torch.Tensor, target: torch.Tensor | None
@@ -194,13 +253,58 @@ class WorldModel(PyroModule):
         """The EMA copy of the context encoder (no gradients), or ``None``."""
         return None if self._ema is None else self._ema.module
 
+    # -- the training protocol (the trainer and a plain Pyro loop call the same hooks) --------
+    def training_hints(self) -> TrainingHints:
+        """What the trainer needs to know about this model."""
+        return TrainingHints(min_batch_size=self.min_batch_size, jit_safe=self.jit_safe)
+
+    def step_inputs(self, context: torch.Tensor, target: torch.Tensor | None,
+                    batch_size: int | None, **model_kwargs: Any
+                    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of ``model``/``guide`` for one training step on in-memory data: the
+        whole tensors, with ``pyro.plate(subsample_size=batch_size)`` drawing the rows."""
+        return (context, target), {"batch_size": batch_size, **model_kwargs}
+
+    def prepare(self, context: torch.Tensor, target: torch.Tensor | None) -> bool:
+        """Call once before training: the data-dependent start when the model asks for one
+        (``init="cca"`` and a target; :meth:`init_from_data`). Returns whether it ran (the
+        trainer then holds the encoder fixed for a warm-up, 10 % of the steps by default)."""
+        if self.init != "cca" or target is None:
+            self._started = True
+            return False
+        self.init_from_data(context, target)
+        return True
+
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Called by :func:`bjepa.inference.fit` after every optimiser step (EMA update)."""
+        """Call after every optimiser step ``step`` of ``total_steps`` (0-based): moves the EMA
+        target ``θ' ← τ(step) θ' + (1 − τ(step)) θ``. Returns values worth logging (τ)."""
+        self._evals_since_step = 0
         if self._ema is None or self.tau_schedule is None:
             return {}
         tau = float(self.tau_schedule(step, total_steps))
         self._ema.update(self.context_encoder, tau)
         return {"tau": tau}
+
+    def _guard_hooks(self) -> None:
+        """Count a gradient evaluation; warn once when the hooks are evidently not called."""
+        self._evals_since_step += 1
+        if self._evals_since_step != HOOK_GUARD_EVALUATIONS:
+            return
+        name = type(self).__name__
+        if self.init == "cca" and not self._started and "prepare" not in self._hook_warned:
+            self._hook_warned.add("prepare")
+            warnings.warn(
+                f"{name} (init='cca') has taken {HOOK_GUARD_EVALUATIONS} gradient steps "
+                "without its data-dependent start: call model.prepare(context, target) once "
+                "before training (fit and with_hooks do; see docs/pyro.md), or build it with "
+                "init='random'", UserWarning, stacklevel=3)
+        if self._ema is not None and "after_step" not in self._hook_warned:
+            self._hook_warned.add("after_step")
+            warnings.warn(
+                f"{name} has taken {HOOK_GUARD_EVALUATIONS} gradient steps without an EMA "
+                "target update: call model.after_step(step, total_steps) after every optimiser "
+                "step (or wrap your SVI with with_hooks, docs/pyro.md); a stale target lets "
+                "the predicted variance collapse", UserWarning, stacklevel=3)
 
     def _apply(self, fn: Any, recurse: bool = True):  # moves the EMA copy with .to()/.double()
         super()._apply(fn, recurse)
@@ -215,6 +319,7 @@ class WorldModel(PyroModule):
         return state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._started = True  # restored weights are trained (or were started) already
         state = dict(state or {})  # checkpoints before the standardiser hold the EMA alone
         std = state.pop("standardizer", None)
         self.standardizer = None if std is None else Standardizer.from_state(std)
@@ -245,6 +350,7 @@ class WorldModel(PyroModule):
             layer.bias.copy_(-(a.mean(0) @ weight.T.to(a)).to(layer.bias))
         if self._ema is not None:
             self._ema.update(encoder, 0.0)
+        self._started = True
         self._init_head(encoder(context), self._ema(target) if self._ema else encoder(target))
         return rho
 
@@ -280,14 +386,21 @@ class WorldModel(PyroModule):
     def context_latent(self, x: torch.Tensor) -> torch.Tensor:
         """``f_θ(x)`` for training: detached while the encoder is frozen (warm-up)."""
         z = self.context_encoder(x)
-        return z.detach() if self.freeze_encoder else z
+        if self.freeze_encoder:
+            return z.detach()
+        if self.training and z.requires_grad:  # counts gradient steps, not mere evaluations
+            z.register_hook(self._on_backward)
+        return z
+
+    def _on_backward(self, grad: torch.Tensor) -> None:
+        self._guard_hooks()
 
     @torch.no_grad()
     def selection_score(self, context: torch.Tensor, target: torch.Tensor | None = None, *,
                         chunk: int = 2048, seed: int = 0) -> float:
         """A label-free score of this trained model on ``(context, target)`` — higher is better —
         that is comparable across training restarts on the same data
-        (:func:`bjepa.inference.fit_restarts` keeps the best restart).
+        (``fit_restarts`` keeps the best restart).
 
         Models with an EMA target encoder (VJEPA, BJEPA, JEPA) score the predictive information
         ``I(f_θ(x_C); f_θ'(x_T))`` (nats, Gaussian estimate,
@@ -302,15 +415,7 @@ class WorldModel(PyroModule):
         if self._ema is not None and target is not None:
             return predictive_information(self.encode(context).double(),
                                           self._ema(self.as_input("target", target)).double())
-        from pyro.infer import Trace_ELBO
-
-        from bjepa.inference.fit import per_row_loss  # not at the top: inference imports models
-
         return -per_row_loss(Trace_ELBO(), self, context, target, seed=seed, chunk=chunk)
-
-    def named_pyro_params(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Parameters trained by SVI (the EMA target is not among them)."""
-        return self.named_parameters()
 
 
 def tau_spec(tau: Any) -> float | str:

@@ -16,8 +16,8 @@ import pyro
 import torch
 
 from bjepa._validation import check_nonnegative, check_positive_int
-from bjepa.models.ema import TauSchedule
 from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
+from bjepa.models.ema import TauSchedule
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 
 __all__ = ["JEPA", "vicreg_loss"]
@@ -40,7 +40,7 @@ def vicreg_loss(pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor, *,
 class JEPA(WorldModel):
     """Deterministic JEPA with an EMA target encoder and VICReg weights 25/25/1."""
 
-    #: VICReg's variance term needs two rows per step (read by :func:`bjepa.inference.fit`)
+    #: VICReg's variance term needs two rows per step (read by the trainer)
     min_batch_size = 2
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, encoder: str = "linear",

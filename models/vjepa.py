@@ -33,8 +33,8 @@ from pyro import poutine
 from torch.distributions import Distribution
 
 from bjepa._validation import check_nonnegative, check_positive, check_positive_int
-from bjepa.models.ema import TauSchedule
 from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro, validated_init
+from bjepa.models.ema import TauSchedule
 from bjepa.models.encoders import HEAD_NETS, make_encoder
 from bjepa.models.heads import make_head, positive_scale
 

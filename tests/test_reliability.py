@@ -37,7 +37,7 @@ from bjepa.models import JEPA, VAE, VJEPA, AutoRegressive
 from bjepa.runs import RunFolder
 
 TESTS = Path(__file__).resolve().parent
-fit_module = importlib.import_module("bjepa.inference.fit")  # the module, not the function
+fit_module = importlib.import_module("bjepa.inference.engine")  # the loop module, not fit
 
 
 @pytest.fixture

@@ -155,13 +155,13 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
         raise ValueError(f"checkpoint {path.name} was trained on {kind!r} data, which "
                          f"`bjepa diagnose` cannot rebuild (known: {sorted(DATA_LOADERS)}); "
                          "register a loader with bjepa.diagnostics.register_data_loader")
-    from bjepa.inference.fit import _resolve_device
+    from bjepa._validation import resolve_device
 
     try:
         model = load_model(path)
     except CheckpointError as err:
         raise ValueError(f"cannot rebuild the model in {path.name}: {err}") from err
-    dev = _resolve_device(device, model)
+    dev = resolve_device(device, model)
     model.to(dev)
     data = DATA_LOADERS[kind](meta, split)
 

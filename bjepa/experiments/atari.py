@@ -44,6 +44,7 @@ from bjepa.data import atari as atari_data
 from bjepa.inference import fit_restarts
 from bjepa.inference.checkpoint import save_checkpoint
 from bjepa.metrics import linear_probe_r2, r2_score
+from bjepa.models import registry
 from bjepa.models.conv import conv_encoder_name, register_conv
 from bjepa.runs import RunFolder
 
@@ -70,17 +71,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the models an Atari run trains by default (any registered model may be asked for)
 MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
-_COLORS = {"vjepa": "C0", "bjepa": "C1", "jepa": "C2", "vae": "C3", "ar": "C4"}
 
 
 def available_models() -> list[str]:
-    """The model names this installation can train (``"bjepa"`` once BJEPA exists)."""
-    try:
-        from bjepa.models import BJEPA  # noqa: F401
-    except ImportError:
-        return [m for m in MODEL_NAMES if m != "bjepa"]
-    return list(MODEL_NAMES)
+    """The model names an Atari run can train (every registered model)."""
+    return registry.available_models()
 
 
 @dataclass
@@ -102,7 +99,7 @@ class AtariConfig:
     run (``None`` leaves it).
     """
 
-    models: list[str] = field(default_factory=available_models)
+    models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
     game: str = "pong"
     distractor: str = "tv"
     sigmas: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1])
@@ -282,23 +279,15 @@ def make_splits(cfg: AtariConfig, sigma: float, seed: int,
 
 # -- models --------------------------------------------------------------------------------
 def build_model(name: str, obs_dim: int, cfg: AtariConfig) -> nn.Module:
-    """Construct model ``name`` with the run's conv encoder and shared settings."""
-    from bjepa import models
-
-    common = dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim)
-    if name == "vjepa":
-        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, init=cfg.init,
-                            **common)
-    if name == "bjepa":
-        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, init=cfg.init,
-                            **common)
-    if name == "jepa":
-        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, init=cfg.init, **common)
-    if name == "vae":
-        return models.VAE(obs_dim, cfg.latent_dim, beta=cfg.vae_beta, **common)
-    if name == "ar":
-        return models.AutoRegressive(obs_dim, cfg.latent_dim, beta=cfg.vae_beta, **common)
-    raise ValueError(f"unknown model {name!r}; choose from {available_models()}")
+    """Construct model ``name`` (any registered model) with the run's conv encoder and shared
+    settings; the reconstruction baselines take ``cfg.vae_beta`` as their β."""
+    settings = dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim, beta=cfg.beta, tau=cfg.tau,
+                    init=cfg.init)
+    if name in ("vae", "ar"):
+        settings["beta"] = cfg.vae_beta
+        return registry.build_model(name, obs_dim, cfg.latent_dim, settings=settings,
+                                    beta=cfg.vae_beta)
+    return registry.build_model(name, obs_dim, cfg.latent_dim, settings=settings)
 
 
 def encode(model: Any, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -484,7 +473,8 @@ def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: Atar
 
 
 def _order(model: str) -> int:
-    return MODEL_NAMES.index(model) if model in MODEL_NAMES else len(MODEL_NAMES)
+    names = registry.available_models()
+    return names.index(model) if model in names else len(names)
 
 
 # -- summaries -----------------------------------------------------------------------------
@@ -558,7 +548,7 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             x = np.array([s["sigma"] for s in sel])
             m = np.array([s[f"{kind}_mean"] for s in sel])
             sd = np.array([s[f"{kind}_sd"] for s in sel])
-            c = _COLORS.get(model)
+            c = registry.model_color(model)
             ax.plot(x, m, "o-", color=c, label=model.upper())
             ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.2)
         ax.set(title=f"{'Linear' if kind == 'linear' else 'MLP'} probe",
@@ -588,7 +578,7 @@ def plot_r2_by_label(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
             for model in models:
                 m = [nanmean([r[f"{kind}_{label}"] for r in rows
                                if r["model"] == model and r["sigma"] == s]) for s in sigmas]
-                ax.plot(sigmas, m, "o-", color=_COLORS.get(model), label=model.upper())
+                ax.plot(sigmas, m, "o-", color=registry.model_color(model), label=model.upper())
             ax.set_title(f"{kind}: {label}", fontsize=9)
             ax.grid(alpha=0.3)
             if i == 1:

@@ -24,6 +24,7 @@ from bjepa.inference import fit
 from bjepa.inference.checkpoint import load_checkpoint, save_checkpoint
 from bjepa.inference.fit import set_seed
 from bjepa.metrics import linear_probe_r2
+from bjepa.models import registry
 from bjepa.runs import RunFolder
 
 __all__ = ["MODEL_NAMES", "PAPER_SIGMA8", "NoisyTVConfig", "build_model", "run", "summarise"]
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 #: The paper's single-seed test signal R² at σ = 8, drawn as reference markers
 #: (docs/method.md#noisy-tv).
 PAPER_SIGMA8 = {"vae": 0.499, "ar": 0.578, "jepa": 0.930, "vjepa": 0.870, "bjepa": 0.841}
+#: the models a Noisy TV run trains by default (any registered model may be asked for)
 MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
 
 
@@ -81,7 +83,7 @@ class NoisyTVConfig:
         if not self.models:
             raise ValueError("models must name at least one model")
         for m in self.models:
-            check_choice("model", m, available_models())
+            check_choice("model", m, registry.available_models())
         for s in self.sigmas:
             check_nonnegative("sigma", s)
         if not self.seeds:
@@ -101,30 +103,11 @@ def _given(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def available_models() -> list[str]:
-    try:
-        from bjepa.models import BJEPA  # noqa: F401
-    except ImportError:
-        return [m for m in MODEL_NAMES if m != "bjepa"]
-    return MODEL_NAMES
-
-
 def build_model(name: str, obs_dim: int, cfg: NoisyTVConfig) -> torch.nn.Module:
-    """Construct model ``name`` with the run's shared settings."""
-    from bjepa import models
-
-    common = dict(encoder=cfg.encoder)
-    if name == "vjepa":
-        return models.VJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
-    if name == "bjepa":
-        return models.BJEPA(obs_dim, cfg.latent_dim, beta=cfg.beta, tau=cfg.tau, **common)
-    if name == "jepa":
-        return models.JEPA(obs_dim, cfg.latent_dim, tau=cfg.tau, **common)
-    if name == "vae":
-        return models.VAE(obs_dim, cfg.latent_dim, **common)
-    if name == "ar":
-        return models.AutoRegressive(obs_dim, cfg.latent_dim, **common)
-    raise ValueError(f"unknown model {name!r}; choose from {available_models()}")
+    """Construct model ``name`` (any registered model, :mod:`bjepa.models.registry`) with the
+    run's shared settings."""
+    return registry.build_model(name, obs_dim, cfg.latent_dim,
+                                settings=dict(encoder=cfg.encoder, beta=cfg.beta, tau=cfg.tau))
 
 
 def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[str, float]:
@@ -285,11 +268,16 @@ def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
     return row
 
 
+def _order(model: str) -> int:
+    names = registry.available_models()
+    return names.index(model) if model in names else len(names)
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sd, min of the signal and distractor R² per model and σ."""
     out = []
     keys = sorted({(r["model"], r["sigma"]) for r in rows},
-                  key=lambda k: (MODEL_NAMES.index(k[0]) if k[0] in MODEL_NAMES else 99, k[1]))
+                  key=lambda k: (_order(k[0]), k[1]))
     for model, sigma in keys:
         sel = [r for r in rows if r["model"] == model and r["sigma"] == sigma]
         sig = np.array([r["signal_r2"] for r in sel], dtype=float)
@@ -323,11 +311,10 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: Any) -> None:
 
     summary = summarise(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    colors = {"vjepa": "C0", "bjepa": "C1", "jepa": "C2", "vae": "C3", "ar": "C4"}
     for model in dict.fromkeys(s["model"] for s in summary):
         sel = [s for s in summary if s["model"] == model]
         x = [s["sigma"] for s in sel]
-        c = colors.get(model)
+        c = registry.model_color(model)
         m = np.array([s["signal_mean"] for s in sel])
         sd = np.array([s["signal_sd"] for s in sel])
         axes[0].plot(x, m, "o-", color=c, label=model.upper())

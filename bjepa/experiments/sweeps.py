@@ -32,8 +32,8 @@ from bjepa.diagnostics import calibrate, collapse_diagnostics, fit_linear_probe
 from bjepa.experiments.noisy_tv import _finished_row, probe
 from bjepa.inference import fit
 from bjepa.inference.checkpoint import save_checkpoint
-from bjepa.models.ema import make_tau_schedule
 from bjepa.inference.fit import set_seed
+from bjepa.models.ema import make_tau_schedule
 from bjepa.runs import RunFolder
 
 __all__ = [
