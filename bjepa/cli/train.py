@@ -6,6 +6,11 @@ several CPU processes); see docs/scaling.md::
 
     torchrun --standalone --nproc_per_node=2 -m bjepa.cli train --strategy ddp \\
         --model vjepa --sigma 8 --seed 0 --steps 2000 --batch-size 512 --out runs/ddp
+
+Your own data (a table, an array, image frames or a video; see docs/own_data.md)::
+
+    bjepa train --data macro.csv --columns realgdp,realcons,realinv --time-col date \
+        --context-frames 2 --val-frac 0.15 --steps 2000 --out runs/macro
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 from typing import Any
 
 from bjepa.cli._common import add_training_args, parse_tau, resolve_resumed_config
+from bjepa.cli._own_data import add_load_args, add_pair_args, is_file_data
 
 #: settings of a ``bjepa train`` run and their defaults (the paper's Noisy TV set-up)
 DEFAULTS: dict[str, Any] = {
@@ -33,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "--strategy ddp)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="default: vjepa")
-    p.add_argument("--data", choices=["noisy-tv"], default=None, help="default: noisy-tv")
+    p.add_argument("--data", default=None, metavar="noisy-tv|PATH",
+                   help="'noisy-tv' (default) or your own data: a .csv/.tsv/.parquet table, a "
+                        ".npy/.npz array, a folder of images or a video (docs/own_data.md)")
     p.add_argument("--sigma", type=float, default=None,
                    help="Noisy TV distractor strength σ (default 8)")
     p.add_argument("--seed", type=int, default=None,
@@ -54,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-every", type=int, default=None,
                    help="steps between metric records (default: steps // 100)")
     add_training_args(p)
+    own = p.add_argument_group("your own data (--data PATH; docs/own_data.md)")
+    add_load_args(own)
+    add_pair_args(own)
     p.set_defaults(func=run)
 
 
@@ -73,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     owns_group = args.strategy == "ddp" and not (dist.is_available() and dist.is_initialized())
     ctx = init_distributed(args.device) if args.strategy == "ddp" else DistributedContext()
     try:
+        if is_file_data(args.data):
+            from bjepa.cli._own_data import train
+
+            return train(args, ctx)
         return _run(args, ctx)
     finally:
         if owns_group:

@@ -33,9 +33,12 @@ import torch
 from bjepa.data.sources import DataError, Sequences, from_array, load
 from bjepa.models.preprocess import Standardizer
 
-__all__ = ["PairData", "Pairs", "load_pairs", "make_pairs", "split_pairs", "stack_frames"]
+__all__ = ["PairData", "Pairs", "load_pairs", "load_with_options", "make_pairs", "pairs_from_meta",
+           "split_pairs", "stack_frames"]
 
 SPLITS = ("auto", "episode", "time")
+#: fewest training pairs accepted (a predictor's closed-form start needs a spread)
+MIN_TRAIN_PAIRS = 3
 NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
@@ -297,6 +300,10 @@ def load_pairs(source: str | Path | Sequences | Any, *, context_frames: int = 1,
     parts = split_pairs(seqs, context_frames=context_frames, horizon=horizon,
                         val_frac=val_frac, test_frac=test_frac, by=split, seed=seed)
     train = parts["train"]
+    if len(train) < MIN_TRAIN_PAIRS:
+        raise DataError(f"{seqs.source}: {len(train)} training pair(s), fewer than the "
+                        f"{MIN_TRAIN_PAIRS} training pairs a model needs; give more frames or "
+                        "lower --val-frac/--test-frac/--context-frames")
     std = Standardizer.fit(seqs.values, rows=train.frame_ranges(), columns=seqs.columns
                            ).with_frames(train.k)
     settings = {"context_frames": train.k, "horizon": train.horizon, "val_frac": val_frac,
@@ -304,3 +311,29 @@ def load_pairs(source: str | Path | Sequences | Any, *, context_frames: int = 1,
                 "columns": list(seqs.columns), "frame_dim": seqs.dim,
                 "action_columns": list(seqs.action_columns)}
     return PairData(train, parts.get("val"), parts.get("test"), std, settings)
+
+
+def load_with_options(path: str | Path, options: dict[str, Any]) -> Sequences:
+    """:func:`~bjepa.data.sources.load` with stored options (``columns``, ``time_col``,
+    ``episode_col``, ``missing``, ``key``, ``size``, ``grayscale``, ``crop``), as a run folder's
+    ``config.json`` keeps them."""
+    return load(path, columns=options.get("columns"), time_col=options.get("time_col"),
+                episode_col=options.get("episode_col"),
+                missing=options.get("missing") or "raise", key=options.get("key"),
+                grayscale=bool(options.get("grayscale")),
+                size=tuple(options["size"]) if options.get("size") else None,
+                crop=tuple(options["crop"]) if options.get("crop") else None)
+
+
+def pairs_from_meta(meta: dict[str, Any]) -> PairData:
+    """The pairs a ``bjepa train --data PATH`` run trained on, rebuilt from its checkpoint's
+    ``meta`` (``path``, ``load`` options and ``pairs`` settings): same file, same splits."""
+    path = meta.get("path")
+    if not path or not Path(path).exists():
+        raise DataError(f"the run was trained on {path}, which is not there any more; put the "
+                        "file back (or pass new data to `bjepa encode`/`bjepa predict`)")
+    settings = dict(meta.get("pairs") or {})
+    seqs = load_with_options(path, dict(meta.get("load") or {}))
+    return load_pairs(seqs, **{k: settings[k] for k in ("context_frames", "horizon", "val_frac",
+                                                         "test_frac", "split", "seed")
+                              if k in settings})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ class RunData:
 
 
 DataLoader = Callable[[dict[str, Any], str], RunData]
+#: training states written by ``fit`` (``checkpoints/step-*.pt``), not finished models
+_TRAINING_STATE = re.compile(r"^step-\d+\.pt$")
 #: ``meta["data"]`` → function ``(meta, split) -> RunData``
 DATA_LOADERS: dict[str, DataLoader] = {}
 
@@ -82,6 +85,23 @@ def _noisy_tv(meta: dict[str, Any], split: str) -> RunData:
 register_data_loader("noisy_tv", _noisy_tv)
 
 
+def _file(meta: dict[str, Any], split: str) -> RunData:
+    """A run of ``bjepa train --data PATH``: its file re-read with the stored settings."""
+    from bjepa.data.pairs import pairs_from_meta
+
+    data = pairs_from_meta(meta)
+    pairs = data.train if split == "train" else (data.test or data.val)
+    if pairs is None:
+        raise ValueError(f"the run on {meta.get('path')} holds no held-out pairs "
+                         "(--val-frac 0 --test-frac 0); diagnose it with --split train")
+    context, target = pairs.tensors()
+    return RunData(context=context, target=target,
+                   description=f"{meta.get('path')}, {split} split ({len(pairs)} pairs)")
+
+
+register_data_loader("file", _file)
+
+
 def find_checkpoints(run_dir: str | Path) -> list[Path]:
     """Model checkpoints of a run folder: ``checkpoints/*.pt``, else ``*.pt`` at the top.
 
@@ -95,7 +115,8 @@ def find_checkpoints(run_dir: str | Path) -> list[Path]:
             raise ValueError(f"{run_dir} is a file but not a .pt checkpoint; pass a run folder "
                              "or a checkpoint file")
         return [run_dir]
-    found = sorted((run_dir / "checkpoints").glob("*.pt")) or sorted(run_dir.glob("*.pt"))
+    found = [p for p in sorted((run_dir / "checkpoints").glob("*.pt"))
+             if not _TRAINING_STATE.match(p.name)] or sorted(run_dir.glob("*.pt"))
     if not found:
         listing = sorted(p.name for p in run_dir.iterdir())[:12]
         raise FileNotFoundError(
