@@ -42,8 +42,15 @@ def test_small_beta_keeps_information_large_beta_collapses_onto_prior(beta_ends)
     # ... and so carries less information about x_T, in fewer informative units
     assert small["info_per_dim"] > large["info_per_dim"]
     assert large["informative_units"] <= small["informative_units"]
-    for row in beta_ends.values():
-        assert 0.0 <= row["coverage90"] <= 1.0 and 0.0 <= row["state_coverage90"] <= 1.0
+    # small β: the predictive's 90 % intervals hold 90 % of the next latent's posterior draws
+    # (measured 0.900; ±0.05 is about 3 standard errors over 400 test rows) ...
+    assert small["coverage90"] == pytest.approx(0.9, abs=0.05)
+    # ... large β: the target posterior widens (sd 0.50) past what the predictor spreads (0.20),
+    # so the intervals are too narrow for it (measured 0.63)
+    assert large["predictive_sd"] < large["target_sd"] and large["coverage90"] < 0.8
+    assert large["nll"] > small["nll"]
+    for row in beta_ends.values():  # the probe's state forecast covers at least nominally
+        assert row["state_coverage90"] >= 0.85
         assert torch.isfinite(torch.tensor([row["nll"], row["state_nll"]])).all()
 
 
