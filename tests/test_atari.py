@@ -159,8 +159,14 @@ def test_every_model_trains_with_conv_frame_stacks(cls):
     torch.manual_seed(0)
     x = torch.randn(40, 2 * 20 * 20)
     m = cls(2 * 20 * 20, 3, encoder=name, hidden_dim=16)
-    hist = fit(m, x[:-1], x[1:], steps=3, batch_size=8, progress=False)
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs
+    before = [c.weight.detach().clone() for c in convs]
+    hist = fit(m, x[:-1], x[1:], steps=30, lr=1e-2, progress=False)
     assert np.isfinite(hist.final_loss)
+    # trains: the loss falls and every convolution (encoder and decoder) is updated
+    assert np.mean(hist.loss[-5:]) < np.mean(hist.loss[:5])
+    assert all(not torch.equal(b, c.weight) for b, c in zip(before, convs, strict=True))
     assert m.encode(x).shape == (40, 3)
     if cls in (VAE, AutoRegressive):
         assert isinstance(m.decoder, FrameStackDecoder)
