@@ -248,9 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                cwd=workdir)
         elif args.recheck_survivors:
             con = sqlite3.connect(db)
-            con.execute("delete from work_results where lower(test_outcome) = 'survived'")
-            con.commit()
-            con.close()
+            try:
+                con.execute("delete from work_results where lower(test_outcome) = 'survived'")
+                con.commit()
+            except sqlite3.OperationalError:  # no results yet: nothing to re-run
+                pass
+            finally:
+                con.close()
         sh([cr, "exec", str(cfg), str(db)], cwd=workdir)
         result = summarise(db)
         result.update(commit=commit, baseline_seconds=round(base, 1),
