@@ -4,14 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint install clean mutate
+.PHONY: demo test test-all lint install clean mutate docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU wheel that ships on this machine kind
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,atari,data]"
+	$(PY) -m pip install --quiet -e ".[dev,atari,data,docs,tensorboard,graph]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,6 +29,12 @@ test-all: $(STAMP)
 # works in a separate clone of HEAD with its own venv, since cosmic-ray mutates files in place
 mutate: $(STAMP)
 	$(PY) mutation/run.py $(MUTATE_ARGS)
+
+# the documentation site (build/docs/html/index.html): Sphinx with warnings as errors; the
+# tutorials in docs/tutorials/ are executed and their outputs cached in build/docs/jupyter_cache
+docs: $(STAMP)
+	$(PY) -m sphinx -b html -c docs -W --keep-going . build/docs/html
+	@echo "open build/docs/html/index.html"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

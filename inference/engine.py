@@ -144,7 +144,7 @@ class Batches:
 
     def __init__(self, model: Any, context: Any, target: torch.Tensor | None,
                  batch_size: int | None, device: torch.device, dtype: torch.dtype,
-                 model_kwargs: dict[str, Any]) -> None:
+                 model_kwargs: dict[str, Any], seed: int | None = 0) -> None:
         self.model, self.batch_size, self.device, self.dtype = model, batch_size, device, dtype
         self.model_kwargs = model_kwargs
         self.loader = None if isinstance(context, torch.Tensor) else context
@@ -155,15 +155,25 @@ class Batches:
             self.context = self.target = None
             self.rows = len(self.loader.dataset)
             self._it: Iterator[Any] | None = None
+            # the loader (its shuffling, its workers' seeds) draws from a stream of its own, so
+            # it never shifts the guide's noise and a seeded run repeats exactly
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0 if seed is None else seed + 0x5EED)
+                self._loader_rng = torch.get_rng_state()
 
     def _next_loaded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         for _ in range(2):
-            if self._it is None:
-                self._it = iter(self.loader)
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self._it = None
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self._loader_rng)
+                if self._it is None:
+                    self._it = iter(self.loader)
+                try:
+                    batch = next(self._it)
+                except StopIteration:
+                    batch = None
+                    self._it = None
+                self._loader_rng = torch.get_rng_state()
+            if batch is None:
                 continue
             ctx, tgt = (batch if isinstance(batch, list | tuple) else (batch, None))[:2]
             pin = self.device.type == "cuda"

@@ -346,7 +346,8 @@ def fit(
     hooks += list(callbacks)
     loss_fn = make_elbo(elbo, num_particles, hints.max_plate_nesting,
                         strict=requested != "auto")
-    trainer = Trainer(model, Batches(model, context, target, batch_size, dev, dtype, kwargs),
+    trainer = Trainer(model, Batches(model, context, target, batch_size, dev, dtype, kwargs,
+                                     seed=seed),
                       settings, strategy=runner, callbacks=hooks, checkpoint_dir=checkpoint_dir,
                       loss_fn=loss_fn, val=val, config=config)
     return trainer.run()

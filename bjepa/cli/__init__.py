@@ -46,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             NonFiniteLossError) as err:
         print(f"bjepa {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        what = {NotADirectoryError: "a part of this path is a file, not a folder",
+                IsADirectoryError: "this is a folder, a file was expected",
+                PermissionError: "permission denied"}[type(err)]
+        print(f"bjepa {args.command}: error: {err.filename}: {what}; choose another path",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

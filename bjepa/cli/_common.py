@@ -40,6 +40,18 @@ def parse_tau(text: str) -> float | str:
         return text
 
 
+def device_arg(text: str) -> str:
+    """argparse ``type`` of ``--device``: the name, checked to exist on this machine (so a bad
+    device fails with one line before a run folder is made)."""
+    from bjepa._validation import resolve_device
+
+    try:
+        resolve_device(text)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """``--steps --lr --batch-size --device --out --overwrite --resume --no-progress``.
 
@@ -51,7 +63,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=None,
                    help="mini-batch size (default: full batch)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default="cpu", type=device_arg,
+                   help="torch device: cpu, cuda or cuda:N (checked before anything is written)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<command>-<time>)")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an existing run folder (its results are replaced)")
