@@ -2,6 +2,7 @@
 
 import ast
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -60,10 +61,20 @@ def test_every_example_declares_quick_args():
 
 
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
-def test_example_runs(script, monkeypatch, tmp_path):
+def test_example_runs(script, monkeypatch, tmp_path, capsys):
+    """Each example runs with its quick flags and prints numeric results; every file it
+    writes is non-empty, every JSON file parses and every figure is a PNG."""
     monkeypatch.chdir(tmp_path)  # examples write their run folders under ./runs
     monkeypatch.setattr(sys, "argv", [script, *EXAMPLES[script]])
     runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert re.search(r"\d\.\d", out), f"{script} printed no results:\n{out[-2000:]}"
+    for path in (p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"):
+        assert path.stat().st_size > 0, path
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
 @pytest.mark.parametrize("first", ["from bjepa import models", "import bjepa.inference",
