@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyro
@@ -419,20 +418,23 @@ def test_interrupted_write_keeps_the_previous_checkpoint(xy, tmp_path, monkeypat
     assert load_checkpoint(tmp_path / "step-000000003.pt")["training"]["step"] == 3
 
 
-#: kills per run (``BJEPA_KILLS=300`` for a long crash-safety session)
-MIN_KILLS = int(os.environ.get("BJEPA_KILLS", "30"))
-KILL_STEPS = max(80, 3 * MIN_KILLS)
+#: kills per run, cycling through the kill points (``BJEPA_KILLS=300`` for a long session)
+KILLS = max(8, int(os.environ.get("BJEPA_KILLS", "12")))
+KILL_STEPS = 3 * KILLS + 4
 
 
-def test_sigkill_at_random_moments_never_corrupts_a_checkpoint(tmp_path):
-    """Start a training process, SIGKILL it at a random moment, check the newest checkpoint
-    loads, restart it; repeat. The job checkpoints every step with ~3 MB files, so many kills
-    land mid-write. Finally let it finish: it must equal an uninterrupted run bit for bit."""
+def test_sigkill_at_every_kind_of_moment_never_corrupts_a_checkpoint(tmp_path):
+    """Start a training process, SIGKILL it at a chosen point — half-way through writing a
+    checkpoint, before or after its rename, between an optimiser step and the EMA update —
+    check the newest checkpoint loads and no progress was lost, restart it; repeat. The child
+    says when it reached the point, so where the kill lands does not depend on timing. Finally
+    let it finish: it must equal an uninterrupted run bit for bit."""
     ctx = multiprocessing.get_context("forkserver")
     # the server imports these once; each job is then forked from it in milliseconds
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "pyro", "bjepa.inference",
                                 "bjepa.models"])
     sys.path.insert(0, str(TESTS))
+    import _kill_points
     import _kill_train
 
     ref = ctx.Process(target=_kill_train.train, args=(str(tmp_path / "ref"), KILL_STEPS, None))
@@ -441,31 +443,40 @@ def test_sigkill_at_random_moments_never_corrupts_a_checkpoint(tmp_path):
     assert ref.exitcode == 0
 
     run = tmp_path / "run"
-    rng = random.Random(0)
-    kills = mid_write = loaded = 0
     last_step = -1
-    deadline = time.monotonic() + 2 * MIN_KILLS
-    while kills < MIN_KILLS and time.monotonic() < deadline:
-        job = ctx.Process(target=_kill_train.train, args=(str(run), KILL_STEPS))
+    torn = 0
+    for i in range(KILLS):
+        point = _kill_points.POINTS[i % len(_kill_points.POINTS)]
+        nth = 1 + (i // len(_kill_points.POINTS)) % 3
+        receive, send = ctx.Pipe(duplex=False)
+        job = ctx.Process(target=_kill_points.train_until,
+                          args=(str(run), KILL_STEPS, point, nth, send))
         job.start()
-        job.join(rng.uniform(0.05, 0.4))
-        if job.exitcode is not None:  # finished before the kill: only if training ended
-            assert job.exitcode == 0
-            break
+        send.close()
+        assert receive.poll(120), f"kill {i}: the job never reached {point}"
+        assert receive.recv() == point, f"kill {i}: the job finished before {point} #{nth}"
         job.kill()
         job.join()
-        kills += 1
-        if not run.exists():
-            continue
-        mid_write += any(run.glob(".step-*.tmp"))
+        receive.close()
+        temps = sorted(run.glob(".step-*.tmp"))
         checkpoints = sorted(run.glob("step-*.pt"))
-        if checkpoints:
-            step = load_checkpoint(checkpoints[-1])["training"]["step"]  # never raises
-            loaded += 1
-            assert step >= last_step  # progress is never lost
-            last_step = step
-    assert kills >= 10 and loaded >= 5, (kills, loaded)
-    assert mid_write >= 1, "no kill landed during a checkpoint write"
+        if point == "mid-write":  # a torn temporary file, never a torn checkpoint
+            assert len(temps) == 1 and temps[0].stat().st_size > 0, temps
+            torn += 1
+        elif point == "before-rename":
+            assert len(temps) == 1, temps
+        else:
+            assert not temps, (point, temps)
+        if not checkpoints:  # killed while writing the very first one
+            assert last_step == -1 and point in ("mid-write", "before-rename"), point
+            continue
+        step = load_checkpoint(checkpoints[-1])["training"]["step"]  # never raises
+        assert step >= last_step, (point, step, last_step)  # progress is never lost
+        if point == "after-rename":  # the renamed file is the newest and complete
+            assert step > last_step
+        last_step = step
+    assert torn == sum(1 for i in range(KILLS) if i % len(_kill_points.POINTS) == 0)
+    assert last_step < KILL_STEPS  # every kill landed before the end of training
 
     final = ctx.Process(target=_kill_train.train, args=(str(run), KILL_STEPS))
     final.start()
@@ -477,7 +488,6 @@ def test_sigkill_at_random_moments_never_corrupts_a_checkpoint(tmp_path):
     assert _digest(a["state_dict"]) == _digest(b["state_dict"])
     assert _digest(a["training"]["optimizer"]) == _digest(b["training"]["optimizer"])
     assert _metrics(run / "metrics.jsonl") == _metrics(tmp_path / "ref" / "metrics.jsonl")
-    print(f"\n[kill-loop] kills={kills} mid_write={mid_write} loaded={loaded}")
 
 
 # -- untrusted files --------------------------------------------------------------------------
