@@ -176,6 +176,16 @@ def baseline(python: Path, module: str, workdir: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _has_specs(db: Path) -> bool:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("select count(*) from mutation_specs").fetchone()[0] > 0
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+
+
 def summarise(db: Path) -> dict:
     con = sqlite3.connect(db)
     rows = con.execute(
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         base = baseline(python, module, workdir)
         write_config(cfg, module, python, timeout=round(3 * base + 30, 1))
-        if args.fresh and db.exists():
+        if db.exists() and (args.fresh or not _has_specs(db)):  # or an interrupted init
             db.unlink()
         if not db.exists():
             sh([cr, "init", str(cfg), str(db)], cwd=workdir)
