@@ -270,11 +270,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = (str(err).splitlines() or [""])[0]
-        if "Weights only load failed" in first or "global" in str(err).lower():
+        if "global" in str(err).lower() or _starts_with_pickle(path):
             raise CheckpointError(
                 f"{path} is not a safe bjepa checkpoint: it asks to run code or build objects "
                 f"that weights-only loading refuses ({_unsafe_reason(err)})") from err
-        raise CheckpointError(f"{path} is truncated or corrupt ({first})") from err
+        detail = re.search(r"Unsupported operand \d+", str(err))
+        raise CheckpointError(f"{path} is truncated, corrupt or not a torch checkpoint "
+                              f"({detail.group(0) if detail else first})") from err
     except Exception as err:  # noqa: BLE001 - torch raises many types for torn files
         raise CheckpointError(
             f"{path} is truncated, corrupt or not a torch checkpoint "
@@ -300,6 +302,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             raise CheckpointError(
                 f"{path} holds a {payload['model_class']} model, not a {want}")
     return payload
+
+
+def _starts_with_pickle(path: Path) -> bool:
+    """A raw pickle stream (protocol >= 2 begins with the PROTO opcode), not a torch zip."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 def _unsafe_reason(err: Exception) -> str:

@@ -5,20 +5,26 @@ regression (``BJEPA.weight_likelihood``). :func:`nuts_posterior` samples it with
 :class:`pyro.infer.NUTS` — the gold standard for the linear-Gaussian case — and
 :func:`svi_weight_posterior` fits an autoguide to the very same model, so the two can be
 compared mean for mean and standard deviation for standard deviation.
+:func:`weight_posterior_chains` refits the model's own weight guide from dispersed starting
+points with independent seeds, over the same frozen latents: the copies share one observed
+space, so ``to_inference_data(chains, ...)`` makes them chains whose R-hat and ESS say whether
+independent SVI runs agree.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from pyro.infer.autoguide import init_to_median
+from pyro.infer.autoguide import init_to_median, init_to_sample
 
 from bjepa._validation import check_positive_int
 
-__all__ = ["frozen_latents", "nuts_posterior", "posterior_summary", "svi_weight_posterior"]
+__all__ = ["frozen_latents", "nuts_posterior", "posterior_summary", "svi_weight_posterior",
+           "weight_posterior_chains"]
 
 
 def _check_model(model: Any) -> None:
@@ -99,3 +105,51 @@ def _latents(model, context, target, z_context, z_target):
     if context is None or target is None:
         raise ValueError("pass context and target frames, or z_context and z_target latents")
     return frozen_latents(model, context, target)
+
+
+def weight_posterior_chains(model: Any, context: torch.Tensor, target: torch.Tensor, *,
+                            num_chains: int = 4, steps: int = 1000, lr: float = 0.02,
+                            num_particles: int = 1, seed: int = 0) -> list[Any]:
+    """Copies of a BJEPA whose weight guides were refit, each from its own random start and
+    seed, to the weight posterior given the frozen encoders (``BJEPA.weight_likelihood``).
+
+    The encoders, and so the observed target latents, are those of ``model`` in every copy:
+    pass the list to :func:`bjepa.diagnostics.to_inference_data` to get one chain per copy.
+    Starts are drawn from the weight prior (``init_to_sample``), so chains that end apart
+    show in R-hat.
+
+    :param num_chains: copies (>= 2).
+    :param steps: SVI steps per copy (ClippedAdam with a decaying learning rate).
+    """
+    from bjepa.inference.fit import FusedSVI
+
+    _check_model(model)
+    if isinstance(num_chains, bool) or not isinstance(num_chains, int) or num_chains < 2:
+        raise ValueError(f"num_chains must be an int >= 2, got {num_chains!r}")
+    steps = check_positive_int("steps", steps)
+    zc, zt = frozen_latents(model, context, target)
+    chains = []
+    for c in range(num_chains):
+        m = copy.deepcopy(model)
+        pyro.set_rng_seed(seed + c)
+        spec, scale = m._guide_spec, m.guide_init_scale
+        if isinstance(spec, str):
+            from bjepa.models.bjepa import AUTOGUIDES
+
+            m._guide_spec = lambda blocked, cls=AUTOGUIDES[spec], scale=scale: cls(
+                blocked, init_loc_fn=init_to_sample, init_scale=scale)
+        try:
+            m._build_weight_guide()
+        finally:
+            m._guide_spec = spec
+        guide = m.weight_guide
+
+        def guide_fn(*_: Any, guide: Any = guide) -> Any:
+            return guide()
+
+        svi = FusedSVI(m.weight_likelihood, guide_fn, list(guide.parameters()),
+                       Trace_ELBO(num_particles=num_particles), lr=lr)
+        for _ in range(steps):
+            svi.step(zc, zt)
+        chains.append(m)
+    return chains

@@ -295,7 +295,7 @@ ROUNDTRIP = textwrap.dedent("""
     idata = az.from_netcdf(sys.argv[1])
     out = {g: {v: [list(idata[g][v].dims), float(idata[g][v].values.sum())]
                for v in idata[g].data_vars} for g in idata.groups()}
-    out["loo_points"] = int(az.loo(idata).n_data_points)
+    out["loo_points"] = int(az.loo(idata, var_name="z_target_joint").n_data_points)
     out["bjepa_imported"] = any(k.startswith("bjepa") and sys.modules[k] is not None
                                 for k in sys.modules)
     print(json.dumps(out))
@@ -309,18 +309,20 @@ def test_inference_data_groups_and_plain_arviz_netcdf_roundtrip(vjepa, split, tm
     idata = to_inference_data(vjepa, ctx, tgt, num_samples=30, seed=5)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data",
-                                   "log_likelihood"}
+                                   "log_likelihood", "prior"}
     post = idata.posterior["z_target"]
     assert post.dims == ("chain", "draw", "time", "latent_dim") and post.shape == (1, 30, 200, 4)
     assert idata.posterior_predictive["z_target"].dims == ("chain", "draw", "time", "latent_dim")
     assert idata.observed_data["z_target"].dims == ("time", "latent_dim")
-    assert idata.log_likelihood["z_target"].dims == ("chain", "draw", "time")
-    # observed = the target encoder's latent; log-likelihood = the predictor at each draw
+    assert idata.log_likelihood["z_target"].dims == ("chain", "draw", "time", "latent_dim")
+    assert idata.log_likelihood["z_target_joint"].dims == ("chain", "draw", "time")
+    # observed = the target encoder's latent; log-likelihood = the predictor at the observed
+    # value (ArviZ's convention), per dimension and joint
     np.testing.assert_allclose(idata.observed_data["z_target"].values,
                                vjepa.encode_target(tgt).numpy(), rtol=1e-6)
-    draws = torch.as_tensor(post.values[0])
-    expected = vjepa.predict(ctx).log_prob(draws).numpy()
-    np.testing.assert_allclose(idata.log_likelihood["z_target"].values[0], expected,
+    obs = torch.as_tensor(idata.observed_data["z_target"].values)
+    expected = vjepa.predict(ctx).log_prob(obs).expand(30, -1).numpy()
+    np.testing.assert_allclose(idata.log_likelihood["z_target_joint"].values[0], expected,
                                rtol=1e-4, atol=1e-4)
     again = to_inference_data(vjepa, ctx, tgt, num_samples=30, seed=5)
     np.testing.assert_array_equal(again.posterior["z_target"].values, post.values)

@@ -3,7 +3,14 @@
 For each model checkpoint in RUN_DIR (``checkpoints/*.pt`` as written by ``bjepa noisy-tv``, or
 ``*.pt``), rebuilds its held-out data from the checkpoint's record and writes
 RUN_DIR/diagnostics/<checkpoint>/: diagnostics.json, inference_data.nc (ArviZ, NetCDF),
-calibration.png, collapse.png and report.md, plus RUN_DIR/diagnostics/summary.md.
+calibration.png, collapse.png and report.md, plus RUN_DIR/diagnostics/summary.md. A checkpoint
+that cannot be read or diagnosed is listed in the summary and the others are diagnosed (exit
+code 1 then); --checkpoint updates that checkpoint's row of an existing summary.
+
+--compare then ranks the diagnosed models with ArviZ's az.compare (PSIS-LOO), but only those
+whose log-likelihoods score the same observed values (e.g. heads or weight priors over one
+frozen encoder); the others are refused with the reason. Writes compare.csv, compare.md and
+compare.png next to summary.md.
 """
 
 from __future__ import annotations
@@ -33,24 +40,48 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="coverage deviation accepted as calibrated (default 0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed for the posterior draws")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--compare", action="store_true",
+                   help="also rank the diagnosed models with az.compare (only those that score "
+                        "one observed space)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bjepa.diagnostics.runs import diagnose_run, format_summary, summary_rows
+    import sys
+    from pathlib import Path
 
+    from bjepa.diagnostics.runs import compare_runs, diagnose_run, format_summary, summary_rows
+
+    failures: list = []
     results = diagnose_run(args.run_dir, checkpoint=args.checkpoint, out=args.out,
                            split=args.split, num_samples=args.num_samples,
                            max_rows=args.max_rows, seed=args.seed,
                            psis_particles=args.psis_particles, tolerance=args.tolerance,
-                           device=args.device)
-    print(format_summary(summary_rows(results)))
+                           device=args.device, failures=failures)
+    if results:
+        print(format_summary(summary_rows(results)))
     for diag, _ in results:
         if diag.reasons:
             print(f"\n{diag.name}: {diag.verdict}")
             for reason in diag.reasons:
                 print(f"  - {reason}")
-    out = results[0][1]["report"].parent.parent if results else args.out
+    run_dir = Path(args.run_dir)
+    out = Path(args.out) if args.out else \
+        (run_dir.parent if run_dir.is_file() else run_dir) / "diagnostics"
+    for f in failures:
+        print(f"\n{f.name}: NOT DIAGNOSED — {f.error}", file=sys.stderr)
     print(f"\nwrote {out}/: summary.md, summary.json and per checkpoint diagnostics.json "
           "inference_data.nc calibration.png collapse.png report.md")
-    return 0
+    if args.compare:
+        try:
+            cmp = compare_runs(out)
+        except ValueError as err:
+            print(f"\n--compare: {err}", file=sys.stderr)
+            return 2
+        print(f"\naz.compare of {', '.join(cmp['compared'])}:\n{cmp['table'].to_string()}")
+        for name, reason in cmp["refused"].items():
+            print(f"  not compared: {name} — {reason}")
+        print(f"wrote {', '.join(p.name for p in cmp['files'].values())} in {out}/")
+    if failures and not results:
+        return 2
+    return 1 if failures else 0

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "model": "vjepa", "data": "noisy-tv", "sigma": 8.0, "seed": 0, "steps": 6000, "lr": 1e-3,
     "batch_size": None, "beta": 0.01, "tau": 0.99, "encoder": "linear", "latent_dim": 4,
     "train_steps": 6000, "test_steps": 2000, "checkpoint_every": None, "log_every": None,
-    "device": "cpu", "progress": True,
+    "device": "cpu", "progress": True, "weight_prior": None,
 }
 
 
@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tau", type=parse_tau, default=None,
                    help="EMA momentum τ in [0,1] or 'cosine' (0.99→1)")
     p.add_argument("--encoder", choices=["linear", "mlp"], default=None)
+    p.add_argument("--weight-prior", choices=["normal", "laplace", "horseshoe", "hierarchical"],
+                   default=None,
+                   help="--model bjepa only: a prior over the predictor's weights, so the model "
+                        "learns a weight posterior (shown by `bjepa diagnose`)")
     p.add_argument("--train-steps", type=int, default=None,
                    help="frames in the training trajectory (default 6000)")
     p.add_argument("--test-steps", type=int, default=None,
@@ -101,7 +105,8 @@ def _resolve(args: argparse.Namespace, folder: Any, world_size: int) -> dict[str
              "beta": args.beta, "tau": args.tau, "encoder": args.encoder,
              "train_steps": args.train_steps, "test_steps": args.test_steps,
              "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-             "device": args.device, "progress": not args.no_progress}
+             "device": args.device, "progress": not args.no_progress,
+             "weight_prior": getattr(args, "weight_prior", None)}
     if folder.resumed:  # strategy and world_size may change: they are not in DEFAULTS
         stored = folder.read_json("config.json")
         cfg = resolve_resumed_config({k: v for k, v in stored.items() if k in DEFAULTS}, given)
@@ -116,6 +121,8 @@ def _resolve(args: argparse.Namespace, folder: Any, world_size: int) -> dict[str
                              f"{cfg[name]!r}")
     if cfg["seed"] < 0:
         raise ValueError(f"--seed must be >= 0, got {cfg['seed']}")
+    if cfg["weight_prior"] is not None and cfg["model"] != "bjepa":
+        raise ValueError(f"--weight-prior applies to --model bjepa only, not {cfg['model']}")
     folder.write_json("config.json", cfg)
     return cfg
 
@@ -173,6 +180,11 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
                                           test_steps=cfg["test_steps"])
         set_seed(cfg["seed"])
         model = build_model(cfg["model"], train.obs.shape[1], exp)
+        if cfg["weight_prior"] is not None:  # BJEPA with a weight posterior
+            from bjepa.models import BJEPA
+
+            model = BJEPA(train.obs.shape[1], exp.latent_dim, beta=exp.beta, tau=exp.tau,
+                          encoder=exp.encoder, weight_prior=cfg["weight_prior"])
         steps = cfg["steps"]
         if rank0:
             print(f"{'resuming' if args.resume else 'training'} {cfg['model']} on Noisy TV "

@@ -23,7 +23,7 @@ from torch.distributions import Distribution
 
 from bjepa._util import seeded
 from bjepa._validation import check_positive_int, check_tensor
-from bjepa.diagnostics.calibration import Forecast, _gaussian_marginals
+from bjepa.diagnostics.calibration import Forecast, _gaussian_marginals, _mixture_parts
 
 __all__: list[str] = []
 
@@ -192,10 +192,44 @@ class Draws:
     latent: torch.Tensor | None                 # (S, N, D_z) guide draws of the local latent
     weights: dict[str, torch.Tensor]            # site -> (S, ...) weight-posterior draws
     predictive: torch.Tensor                    # (S, N, D_obs) posterior-predictive draws
-    log_likelihood: torch.Tensor                # (S, N)
+    log_likelihood: torch.Tensor                # (S, N) joint, at the observed value
     forecast: Forecast                          # the exact (mixture) predictive
     latent_loc: torch.Tensor | None = None      # (N, D_z) guide moments (collapse)
     latent_scale: torch.Tensor | None = None
+    log_likelihood_dims: torch.Tensor | None = None  # (S, N, D_obs) per-dimension marginals
+    prior_latent: torch.Tensor | None = None    # (S, N, D_z) draws of the latent's prior
+    prior_weights: dict[str, torch.Tensor] | None = None  # site -> (S, ...) weight-prior draws
+
+
+def marginal_log_prob(d: Distribution, y: torch.Tensor) -> torch.Tensor | None:
+    """``log p(y_d)`` per dimension ``(..., N, D)`` of a Gaussian or a mixture of Gaussians
+    with event ``(D,)``; ``None`` for other distributions (no closed-form marginals)."""
+    parts = _mixture_parts(d) if d.batch_shape and len(d.batch_shape) == 1 else None
+    if parts is None:
+        marg = _gaussian_marginals(d)
+        if marg is None:
+            return None
+        return torch.distributions.Normal(marg[0], marg[1]).log_prob(y)
+    weights, loc, scale = parts                             # (K, N), (K, N, D), (K, N, D)
+    comp = torch.distributions.Normal(loc, scale).log_prob(y.unsqueeze(0))
+    return torch.logsumexp(comp + weights.clamp_min(1e-38).log().unsqueeze(-1), 0)
+
+
+def _prior_weight_draws(model: Any, context: torch.Tensor, target: torch.Tensor | None,
+                        sites: list[str], s: int) -> dict[str, torch.Tensor] | None:
+    """``s`` draws of the weight sites from their prior (``model._weights_only`` programs)."""
+    program = getattr(model, "_weights_only", None)
+    if program is None or not sites:
+        return None
+    draws: dict[str, list[torch.Tensor]] = {k: [] for k in sites}
+    for _ in range(s):
+        with torch.no_grad(), poutine.block():
+            tr = poutine.trace(program).get_trace(context, target)
+        for k in sites:
+            if k not in tr.nodes:
+                return None
+            draws[k].append(tr.nodes[k]["value"].detach())
+    return {k: torch.stack(v) for k, v in draws.items()}
 
 
 def sample_draws(model: Any, context: torch.Tensor, target: torch.Tensor | None, *,
@@ -230,20 +264,30 @@ def _latent_draws(model: Any, view: ModelView, context: torch.Tensor, target: to
     latent = q.sample((s,)) if q is not None else observed.expand(s, *observed.shape)
     loc_scale = view.latent_posterior(model, context, target)
     ws = weight_draws(model, context, target, s)
+    # log-likelihoods are evaluated at the observed value (ArviZ's convention): they vary
+    # across draws only through global latents (the weight posterior)
     if ws:
         dists = [conditioned_predictive(model, context, w) for w in ws]
         predictive = torch.stack([d.sample() for d in dists])
-        loglik = torch.stack([d.log_prob(z) for d, z in zip(dists, latent, strict=True)])
+        loglik = torch.stack([d.log_prob(observed) for d in dists])
+        per_dim = [marginal_log_prob(d, observed) for d in dists]
+        loglik_dims = None if per_dim[0] is None else torch.stack(per_dim)
         forecast = Forecast.mixture(dists)
         weights = {k: torch.stack([w[k] for w in ws]) for k in ws[0]}
     else:
         pred = model.predictive_dist(context)
         predictive = pred.sample((s,))
-        loglik = pred.log_prob(latent)
+        loglik = pred.log_prob(observed).expand(s, -1)
+        per_dim = marginal_log_prob(pred, observed)
+        loglik_dims = None if per_dim is None else per_dim.expand(s, -1, -1)
         forecast = Forecast.from_distribution(pred)
         weights = {}
+    prior_fn = getattr(model, "prior_dist", None)
+    prior_latent = prior_fn(observed).sample((s,)) if callable(prior_fn) else None
     return Draws(view, observed, latent, weights, predictive, loglik, forecast,
-                 *(loc_scale or (None, None)))
+                 *(loc_scale or (None, None)), log_likelihood_dims=loglik_dims,
+                 prior_latent=prior_latent,
+                 prior_weights=_prior_weight_draws(model, context, target, list(weights), s))
 
 
 def _observation_draws(model: Any, view: ModelView, context: torch.Tensor,
@@ -273,4 +317,15 @@ def _observation_draws(model: Any, view: ModelView, context: torch.Tensor,
         forecast = Forecast(samples=predictive, log_prob=log_prob, sampler=sampler,
                             dtype=observed.dtype)
     loc, scale = view.latent_posterior(model, context, target)
-    return Draws(view, observed, z, {}, predictive, loglik, forecast, loc, scale)
+    per_dim = marginal_log_prob(lik, observed)
+    prior_latent = None
+    try:  # the latent's prior is the distribution at its site in the model
+        with torch.no_grad(), poutine.block():
+            tr = poutine.trace(model.model).get_trace(context, target)
+        site = tr.nodes.get(view.latent_name)
+        if site is not None and site["type"] == "sample":
+            prior_latent = site["fn"].sample((s,))
+    except (AttributeError, TypeError, ValueError, RuntimeError, NotImplementedError):
+        prior_latent = None
+    return Draws(view, observed, z, {}, predictive, loglik, forecast, loc, scale,
+                 log_likelihood_dims=per_dim, prior_latent=prior_latent)

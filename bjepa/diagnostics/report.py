@@ -50,7 +50,8 @@ class Diagnosis:
     """Everything :func:`diagnose_model` found about one model.
 
     ``verdict`` is ``"healthy"`` when the predictive is calibrated, the representation shows
-    no collapse and (where there are global latents) the guide's PSIS k̂ ≤ 0.7; otherwise
+    no collapse and (where there are global latents) the guide's PSIS k̂ ≤ 0.7 and PSIS-LOO is
+    reliable (Pareto k̂ and p_loo, see :func:`~bjepa.diagnostics.loo_summary`); otherwise
     ``"unhealthy"``, with ``reasons`` in words.
     """
 
@@ -108,6 +109,7 @@ def diagnose_model(
     probe_train: tuple[torch.Tensor, torch.Tensor] | None = None,
     meta: dict[str, Any] | None = None,
     time_offset: int = 0,
+    loss_trace: Any = None,
 ) -> Diagnosis:
     """Calibration, collapse and importance diagnostics of a trained world model.
 
@@ -125,6 +127,8 @@ def diagnose_model(
         is mapped through a linear probe and calibrated for it too.
     :param probe_train: ``(z_target_train, state_train)`` to fit that probe (training data).
     :param meta: free-form facts recorded in the JSON (data, checkpoint, ...).
+    :param loss_trace: ``(steps, losses)`` of training, stored in the InferenceData's
+        ``sample_stats``.
     """
     view = view_of(model)
     label = model_label(model)
@@ -182,8 +186,11 @@ def diagnose_model(
             else:
                 collapse = collapse_from_moments(draws.observed, None, z_context,
                                                  predictive_scale=pred_sd, threshold=threshold)
-            idata = inference_data_from_draws(model, draws, time_offset=time_offset)
-            loo = loo_summary(idata)
+            idata = inference_data_from_draws(
+                model, draws, time_offset=time_offset,
+                loss_traces=None if loss_trace is None else [loss_trace])
+            n_par = sum(int(v[0].numel()) for v in draws.weights.values()) or None
+            loo = loo_summary(idata, num_parameters=n_par)
             psis = guide_psis_khat(model, context, target, num_particles=psis_particles, seed=seed)
             if calibration.verdict != "calibrated":
                 reasons.append(f"the predictive distribution is {calibration.verdict}: "
@@ -191,6 +198,8 @@ def diagnose_model(
                                            if not r.startswith("the PIT is not uniform")))
     if collapse.verdict != "healthy":
         reasons.append(f"representation: {collapse.verdict} — " + "; ".join(collapse.reasons))
+    if loo is not None and not loo["reliable"]:
+        reasons.append("PSIS-LOO cannot be trusted: " + "; ".join(loo["problems"]))
     if psis.get("available") and psis.get("khat") is not None and psis["khat"] > 0.7:
         reasons.append(f"the guide is a poor importance proposal for its global latents "
                        f"(PSIS k̂ = {psis['khat']:.2f} > 0.7)")
@@ -292,7 +301,9 @@ def render_markdown(diag: Diagnosis, files: dict[str, str] | None = None) -> str
         lines.append(f"| Checkpoint | `{m['checkpoint']}` |")
     lines.append(f"| Pairs | {diag.settings.get('rows')} |")
     if diag.idata is not None:
-        lines.append(f"| Posterior draws | {diag.settings.get('num_samples')} (1 chain) |")
+        n_chains = int(diag.idata.posterior.sizes.get("chain", 1))
+        lines.append(f"| Posterior draws | {diag.settings.get('num_samples')} ({n_chains} "
+                     f"chain{'s' if n_chains > 1 else ''}) |")
     lines.append("")
 
     # calibration
@@ -393,20 +404,23 @@ def render_markdown(diag: Diagnosis, files: dict[str, str] | None = None) -> str
     else:
         lines.append(f"- Guide PSIS k̂: not applicable — {psis.get('reason', '')}.")
     loo = diag.loo
-    if loo is not None:
-        local_only = not (diag.idata is not None and len(diag.idata.posterior.data_vars) > 1)
+    if loo is not None and not loo.get("applicable", True):
+        lines.append(f"- PSIS-LOO: not needed — {loo['reason']}. Log predictive density "
+                     f"{_num(loo['elpd_loo'], '.1f')} ± {_num(loo['se'], '.1f')} over "
+                     f"{loo['n_data_points']} observations.")
+    elif loo is not None:
         n_bad = loo["khat_counts"]["bad"] + loo["khat_counts"]["very_bad"]
+        word = "reliable" if loo["reliable"] else "**unreliable**"
         lines.append(
-            f"- PSIS-LOO: elpd_loo = {_num(loo['elpd_loo'], '.1f')} ± {_num(loo['se'], '.1f')}, "
-            f"p_loo = {_num(loo['p_loo'], '.1f')}; k̂ above ArviZ's threshold "
-            f"{_num(loo['good_k'], '.2f')} for {n_bad} of {loo['n_data_points']} observations "
-            f"(max {_num(loo['khat_max'], '.2f')}, ∞ = too few draws in the tail).")
-        if local_only:
-            lines.append(
-                "  The posterior draws here are guide draws of each observation's own latent "
-                "(there are no global parameters), so a high k̂ marks observations whose "
-                "target posterior spreads where the predictive density changes by orders of "
-                "magnitude; read elpd_loo as descriptive.")
+            f"- PSIS-LOO ({word}): elpd_loo = {_num(loo['elpd_loo'], '.1f')} ± "
+            f"{_num(loo['se'], '.1f')}, p_loo = {_num(loo['p_loo'], '.1f')}"
+            + (f" (of {loo['num_parameters']} global parameters)"
+               if loo.get("num_parameters") else "")
+            + f"; k̂ above ArviZ's threshold {_num(loo['good_k'], '.2f')} for {n_bad} of "
+            f"{loo['n_data_points']} observations, above 0.7 for "
+            f"{_pct(loo.get('share_above_0_7', 0.0))} (max {_num(loo['khat_max'], '.2f')}, "
+            "∞ = too few draws in the tail).")
+        lines += [f"  - {p}" for p in loo.get("problems", [])]
     lines.append("")
 
     lines += ["## How to read this", "",

@@ -7,7 +7,11 @@ or ``RUN_DIR/<name>.pt``. Each checkpoint's ``meta`` says which data it was trai
 experiments add theirs with :func:`register_data_loader`.
 
 Outputs go to ``RUN_DIR/diagnostics/<name>/`` (see :func:`~bjepa.diagnostics.write_diagnosis`)
-plus ``RUN_DIR/diagnostics/summary.json`` and ``summary.md``.
+plus ``RUN_DIR/diagnostics/summary.json`` and ``summary.md``. A checkpoint that cannot be read
+or diagnosed is reported there (and returned) without stopping the others; diagnosing one
+checkpoint updates its row of an existing summary instead of overwriting the others.
+:func:`compare_runs` ranks the diagnosed models with ``az.compare`` — only those whose
+log-likelihoods score one observed space.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from bjepa.diagnostics._common import jsonable, write_text
 from bjepa.diagnostics._views import view_of
 from bjepa.diagnostics.report import Diagnosis, diagnose_model, write_diagnosis
 
-__all__ = ["DATA_LOADERS", "RunData", "diagnose_checkpoint", "diagnose_run", "find_checkpoints",
-           "format_summary", "register_data_loader", "summary_rows"]
+__all__ = ["DATA_LOADERS", "Failure", "RunData", "compare_runs", "diagnose_checkpoint",
+           "diagnose_run", "find_checkpoints", "format_summary", "loss_trace",
+           "register_data_loader", "summary_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,8 @@ def register_data_loader(name: str, loader: DataLoader) -> None:
 def _noisy_tv(meta: dict[str, Any], split: str) -> RunData:
     from bjepa.data import noisy_tv
 
+    row = meta.get("row") if isinstance(meta.get("row"), dict) else {}
+    meta = {**{k: row[k] for k in ("sigma", "seed") if k in row}, **meta}  # bjepa train
     missing = [k for k in ("sigma", "seed") if k not in meta]
     if missing:
         raise ValueError(f"noisy_tv checkpoint meta lacks {missing}; cannot rebuild its data")
@@ -208,41 +215,110 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
         info["training_results"] = jsonable(meta["row"])
     return diagnose_model(model, context, target, name=path.stem, num_samples=num_samples,
                           seed=seed, psis_particles=psis_particles, tolerance=tolerance,
-                          true_state=state, probe_train=probe_train, meta=info)
+                          true_state=state, probe_train=probe_train, meta=info,
+                          loss_trace=loss_trace(path))
+
+
+def loss_trace(path: str | Path) -> tuple[list[int], list[float]] | None:
+    """``(steps, losses)`` of the training run behind a checkpoint: its training history
+    (training checkpoints), else the matching records of the run folder's ``metrics.jsonl``
+    (same ``model``/``sigma``/``seed`` tags as the checkpoint's ``meta``); ``None`` if neither
+    exists."""
+    from bjepa.inference.checkpoint import CheckpointError, load_checkpoint
+
+    path = Path(path)
+    try:
+        payload = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    hist = (payload.get("training") or {}).get("history") or {}
+    cols = hist.get("columns") if isinstance(hist, dict) else None
+    if isinstance(cols, dict) and "step" in cols and "loss" in cols:
+        steps, losses = cols["step"].tolist(), cols["loss"].tolist()
+        if steps:
+            return [int(s) for s in steps], [float(v) for v in losses]
+    meta = payload.get("meta", {})
+    row = meta.get("row") if isinstance(meta.get("row"), dict) else {}
+    tags = {k: row.get(k, meta.get(k)) for k in ("model", "sigma", "seed")}
+    for folder in (path.parent, path.parent.parent):
+        metrics = folder / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        steps, losses = [], []
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict) or "step" not in rec or "loss" not in rec:
+                continue
+            if any(v is not None and k in rec and rec[k] != v for k, v in tags.items()):
+                continue
+            steps.append(int(rec["step"]))
+            losses.append(float(rec["loss"]) if rec["loss"] is not None else float("nan"))
+        if steps:
+            return steps, losses
+    return None
+
+
+@dataclass
+class Failure:
+    """A checkpoint that could not be diagnosed, and why."""
+
+    name: str
+    path: Path
+    error: str
 
 
 def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
                  out: str | Path | None = None, split: str = "test", num_samples: int = 100,
                  max_rows: int | None = None, seed: int | None = 0, psis_particles: int = 1000,
-                 tolerance: float = 0.03, device: str | torch.device = "cpu"
+                 tolerance: float = 0.03, device: str | torch.device = "cpu",
+                 failures: list[Failure] | None = None
                  ) -> list[tuple[Diagnosis, dict[str, Path]]]:
     """Diagnose every model checkpoint of ``run_dir`` (or the one named ``checkpoint``).
 
     :param run_dir: a run folder, or one ``.pt`` checkpoint file.
-    :param checkpoint: a checkpoint name (file name or stem) to diagnose alone.
+    :param checkpoint: a checkpoint name (file name or stem) to diagnose alone; its row in an
+        existing ``summary.md``/``summary.json`` is replaced and the other rows are kept.
     :param out: output folder (default ``RUN_DIR/diagnostics``); one sub-folder per checkpoint.
     :param split: ``"test"`` (held-out, default) or ``"train"``.
     :param max_rows: diagnose only the first ``max_rows`` pairs.
     :param device: where models and data go (``"cpu"`` or ``"cuda"``).
-    :returns: ``[(diagnosis, files written)]`` in checkpoint order.
+    :param failures: a list that receives a :class:`Failure` per checkpoint that could not be
+        read or diagnosed (they are also listed in the summary); without it, a folder where
+        every checkpoint fails raises the first error.
+    :returns: ``[(diagnosis, files written)]`` in checkpoint order, for those that worked.
     """
     check_choice("split", split, ["test", "train"])
     _check_settings(num_samples, max_rows, psis_particles, tolerance)
     run_dir = Path(run_dir)
     checkpoints = find_checkpoints(run_dir)
+    single = checkpoint is not None or run_dir.is_file()
     if checkpoint is not None:
         checkpoints = [_pick(checkpoints, checkpoint)]
     base = run_dir.parent if run_dir.is_file() else run_dir
     out_dir = Path(out) if out is not None else base / "diagnostics"
-    results = []
+    results, failed = [], []
+    first_error: Exception | None = None
     for path in checkpoints:
         logger.info("diagnosing %s", path.name)
-        diag = diagnose_checkpoint(path, split=split, num_samples=num_samples,
-                                   max_rows=max_rows, seed=seed,
-                                   psis_particles=psis_particles, tolerance=tolerance,
-                                   device=device)
+        try:
+            diag = diagnose_checkpoint(path, split=split, num_samples=num_samples,
+                                       max_rows=max_rows, seed=seed,
+                                       psis_particles=psis_particles, tolerance=tolerance,
+                                       device=device)
+        except (ValueError, TypeError, RuntimeError, OSError) as err:
+            logger.warning("cannot diagnose %s: %s", path.name, err)
+            failed.append(Failure(path.stem, path, str(err)))
+            first_error = first_error or err
+            continue
         results.append((diag, write_diagnosis(diag, out_dir / path.stem)))
-    _write_summary(results, out_dir)
+    if failures is not None:
+        failures.extend(failed)
+    elif failed and not results:
+        raise first_error  # type: ignore[misc]
+    _write_summary(results, out_dir, failed, merge=single)
     return results
 
 
@@ -276,17 +352,194 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _write_summary(results: list[tuple[Diagnosis, dict[str, Path]]], out_dir: Path) -> None:
+def _write_summary(results: list[tuple[Diagnosis, dict[str, Path]]], out_dir: Path,
+                   failed: list[Failure] | None = None, *, merge: bool = False) -> None:
+    """Write ``summary.json`` and ``summary.md``; with ``merge``, keep the rows of other
+    checkpoints already in ``summary.json`` and replace only those diagnosed now."""
     rows = summary_rows(results)
+    for r, (diag, files) in zip(rows, results, strict=True):
+        r["report"] = f"{diag.name}/{files['report'].name}"
+        r["loo"] = _loo_word(diag)
+    rows += [{"name": f.name, "verdict": "failed", "error": f.error} for f in failed or []]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "summary.json", json.dumps(jsonable(rows), indent=2) + "\n")
+    old_path = out_dir / "summary.json"
+    if merge and old_path.is_file():
+        try:
+            old = json.loads(old_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = []
+        now = {r["name"] for r in rows}
+        rows = [r for r in old if isinstance(r, dict) and r.get("name") not in now] + rows
+        rows.sort(key=lambda r: str(r.get("name")))
+    write_text(old_path, json.dumps(jsonable(rows), indent=2) + "\n")
     lines = ["# Diagnostics summary", "",
              "| checkpoint | overall | calibration | coverage of 90 % intervals | collapse | "
-             "active units | effective rank |", "|---|---|---|---|---|---|---|"]
-    for r, (diag, files) in zip(rows, results, strict=True):
-        cov = f"{100 * r['coverage_90']:.1f} %" if r["coverage_90"] is not None else "n/a"
-        link = f"[{r['name']}]({diag.name}/{files['report'].name})"
+             "active units | effective rank | PSIS-LOO |", "|---|---|---|---|---|---|---|---|"]
+    bad = []
+    for r in rows:
+        if r.get("verdict") == "failed":
+            bad.append(r)
+            continue
+        cov = f"{100 * r['coverage_90']:.1f} %" if r.get("coverage_90") is not None else "n/a"
+        link = f"[{r['name']}]({r.get('report', r['name'] + '/report.md')})"
+        erank = r.get("effective_rank")
         lines.append(f"| {link} | {r['verdict']} | {r['calibration']} | {cov} | "
                      f"{r['collapse']} | {r['active_units']} of {r['latent_dim']} | "
-                     f"{r['effective_rank']:.2f} |")
+                     f"{'n/a' if erank is None else format(erank, '.2f')} | "
+                     f"{r.get('loo', 'n/a')} |")
+    if bad:
+        lines += ["", "## Not diagnosed", ""]
+        lines += [f"- `{r['name']}`: {r['error']}" for r in bad]
     write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def _loo_word(diag: Diagnosis) -> str:
+    loo = diag.loo
+    if loo is None:
+        return "n/a"
+    if not loo.get("applicable", True):
+        return "exact (no global latents)"
+    return "reliable" if loo.get("reliable") else "unreliable"
+
+
+# -- comparing runs --------------------------------------------------------------------------
+def _elpd(idata: Any, var: str) -> Any:
+    """``az.loo``, or — when the log-likelihood is the same for every draw (no global latents,
+    where PSIS is undefined) — the exact leave-one-out result: elpd = log predictive density,
+    p_loo = 0."""
+    import warnings
+
+    import numpy as np
+
+    from bjepa.diagnostics._common import import_arviz
+
+    az = import_arviz()
+    ll = np.asarray(idata.log_likelihood[var].values, dtype=float)
+    flat = ll.reshape(ll.shape[0] * ll.shape[1], -1)
+    if not np.all(np.ptp(flat, axis=0) == 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return az.loo(idata, var_name=var, pointwise=True)
+    return _exact_elpd(az, idata, var, flat)
+
+
+def _exact_elpd(az: Any, idata: Any, var: str, flat: Any) -> Any:
+    import numpy as np
+    import xarray as xr
+
+    lpd = flat[0]
+    n = lpd.size
+    pointwise = xr.DataArray(lpd, dims=["time"])
+    if hasattr(az, "ELPDData") and az.__version__.startswith("0."):
+        return az.ELPDData(
+            data=[float(lpd.sum()), float(np.sqrt(n * lpd.var())), 0.0, int(flat.shape[0]), n,
+                  False, pointwise, xr.DataArray(np.zeros(n), dims=["time"]), "log", 0.7],
+            index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning",
+                   "loo_i", "pareto_k", "scale", "good_k"])
+    from arviz_stats.utils import ELPDDataLOO  # ArviZ >= 1
+
+    return ELPDDataLOO(elpd=float(lpd.sum()), se=float(np.sqrt(n * lpd.var())), p=0.0,
+                       n_samples=int(flat.shape[0]), n_data_points=n, scale="log",
+                       warning=False, good_k=0.7, elpd_i=pointwise,
+                       pareto_k=xr.DataArray(np.zeros(n), dims=["time"]))
+
+
+def compare_runs(diag_dir: str | Path, *, names: list[str] | None = None,
+                 out: str | Path | None = None) -> dict[str, Any]:
+    """``az.compare`` of the models diagnosed in ``diag_dir`` (``RUN_DIR/diagnostics``),
+    restricted to models whose log-likelihoods score the same observed values.
+
+    Each model's ``inference_data.nc`` is read; models are grouped by their
+    ``observed_data`` (equal to 1e-6: e.g. heads, weight priors or fusion priors over one
+    frozen encoder). The largest group (at least two models) is compared; every other model
+    is refused with the reason (its latent space differs, so its elpd is on another scale).
+    Writes ``compare.csv``, ``compare.md`` and ``compare.png`` (``az.plot_compare``) into
+    ``out`` (default ``diag_dir``).
+
+    :returns: ``{"compared": [...], "refused": {name: reason}, "table": DataFrame, "files"}``.
+    :raises ValueError: if fewer than two models share one observed space.
+    """
+    import numpy as np
+
+    from bjepa.diagnostics._common import import_arviz
+    from bjepa.diagnostics.inference_data import load_inference_data
+
+    az = import_arviz()
+    diag_dir = Path(diag_dir)
+    found = sorted(p.parent.name for p in diag_dir.glob("*/inference_data.nc"))
+    names = found if names is None else list(names)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"no inference_data.nc for {missing} in {diag_dir}; run "
+                         "`bjepa diagnose` on them first (found: "
+                         f"{', '.join(found) or 'none'})")
+    refused: dict[str, str] = {}
+    groups: list[tuple[Any, list[str]]] = []
+    data: dict[str, Any] = {}
+    for name in names:
+        idata = load_inference_data(diag_dir / name / "inference_data.nc")
+        obs_vars = list(idata.observed_data.data_vars)
+        var = f"{obs_vars[0]}_joint" if obs_vars else None
+        if var is None or var not in idata.log_likelihood:
+            refused[name] = "its file has no joint log-likelihood (written by an older bjepa)"
+            continue
+        y = np.asarray(idata.observed_data[obs_vars[0]].values)
+        data[name] = (idata, var)
+        for ref, members in groups:
+            if ref.shape == y.shape and np.allclose(ref, y, rtol=1e-5, atol=1e-6):
+                members.append(name)
+                break
+        else:
+            groups.append((y, [name]))
+    groups.sort(key=lambda g: -len(g[1]))
+    if not groups or len(groups[0][1]) < 2:
+        why = "; ".join(f"{k}: {v}" for k, v in refused.items())
+        raise ValueError(
+            "no two diagnosed models score the same observed values, so there is nothing "
+            "az.compare can rank: each model's log-likelihood lives in its own latent space "
+            "(a different encoder gives different targets). Compare models over one frozen "
+            "encoder (heads, weight priors, fusion priors)" + (f" ({why})" if why else ""))
+    chosen = groups[0][1]
+    for _, members in groups[1:]:
+        for name in members:
+            refused[name] = (f"its observed values (target latents) differ from those of "
+                             f"{chosen[0]}: it scores another latent space, so its elpd is on "
+                             "another scale")
+    elpds = {name: _elpd(*data[name]) for name in chosen}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = az.compare(elpds)
+    out_dir = Path(out) if out is not None else diag_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out_dir / "compare.csv", "markdown": out_dir / "compare.md",
+             "plot": out_dir / "compare.png"}
+    write_text(files["csv"], table.to_csv())
+    md = ["# Model comparison (PSIS-LOO, `az.compare`)", "",
+          f"Compared on the joint log-likelihood of {len(chosen)} models that score the same "
+          "observed values. Models without global latents enter with their exact "
+          "leave-one-out elpd (the log predictive density, p_loo = 0).", "",
+          "```", table.to_string(), "```", ""]
+    if refused:
+        md += ["## Not compared", ""] + [f"- `{k}`: {v}" for k, v in sorted(refused.items())]
+    write_text(files["markdown"], "\n".join(md) + "\n")
+    _plot_compare(az, table, files["plot"])
+    return {"compared": chosen, "refused": refused, "table": table,
+            "files": {k: v for k, v in files.items() if v.exists()}}
+
+
+def _plot_compare(az: Any, table: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not hasattr(az, "plot_compare") or not az.__version__.startswith("0."):
+        return  # ArviZ >= 1: plotting lives in arviz_plots; the table is written anyway
+    ax = az.plot_compare(table, insample_dev=False, figsize=(7, 1.2 + 0.6 * len(table)))
+    ax.set_title("az.plot_compare: elpd_loo (higher is better)")
+    fig = ax.get_figure()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
