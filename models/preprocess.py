@@ -19,6 +19,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,13 +28,27 @@ import numpy as np
 import torch
 
 __all__ = ["Standardizer", "UnstandardizedDataWarning", "is_standardized", "looks_unstandardized",
-           "mark_standardized"]
+           "mark_standardized", "release_pages"]
 
 #: rows read at a time when fitting on a (memory-mapped) array
 _CHUNK = 1 << 16
 #: a feature whose spread is below this (relative to its mean) is treated as constant
 _TINY = 1e-8
 _MARK = "_bjepa_standardized"
+
+
+def release_pages(values: Any) -> None:
+    """Drop the pages of a memory-mapped array from this process's resident set (they stay in
+    the OS page cache), so that reading a file larger than RAM keeps memory bounded. A no-op
+    for arrays in memory."""
+    base: Any = values
+    while base is not None:
+        mm = getattr(base, "_mmap", None)
+        if isinstance(mm, mmap.mmap):
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # platforms
+                mm.madvise(mmap.MADV_DONTNEED)
+            return
+        base = getattr(base, "base", None)
 
 
 class UnstandardizedDataWarning(UserWarning):
@@ -107,6 +123,7 @@ class Standardizer:
                 block = np.asarray(x[i:min(i + _CHUNK, b)], dtype=np.float64) - shift
                 s1 += block.sum(0)
                 s2 += np.square(block).sum(0)
+                release_pages(x)  # a memory map: keep the resident set bounded
         mean_shifted = s1 / n
         var = np.maximum(s2 / n - np.square(mean_shifted), 0.0) * n / (n - 1)
         mean = mean_shifted + shift
@@ -196,7 +213,7 @@ class Standardizer:
 def looks_unstandardized(x: torch.Tensor, *, max_rows: int = 4096) -> str | None:
     """A one-line reason why ``x`` ``(N, D)`` looks unstandardised, or ``None``.
 
-    Flags a feature whose mean is far from 0 (|mean| > 10 and > 3 standard deviations) or whose
+    Flags a feature whose mean is far from 0 (``|mean| > 10`` and > 3 standard deviations) or whose
     spread is large (standard deviation > 100), or features whose spreads differ by more than
     10⁴ — the cases in which a bias-free linear encoder trains to a meaningless loss.
     """

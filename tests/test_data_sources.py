@@ -267,3 +267,20 @@ def test_loader_with_a_worker_process_and_standardizing(tmp_path):
     loader = make_loader(data.train, 100, num_workers=1, standardizer=data.standardizer)
     ctx = torch.cat([c for c, _ in loader])
     assert ctx.shape == (499, 2) and ctx.mean().abs() < 0.1
+
+
+def test_streamed_batches_equal_what_the_model_standardises_in_memory(tmp_path):
+    from bjepa.inference import fit
+
+    x = np.random.default_rng(1).normal(3.0, 40.0, size=(400, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    data = load_pairs(tmp_path / "x.npy", context_frames=2, val_frac=0.0)
+    model = VJEPA(data.obs_dim, 2)
+    model.standardizer = data.standardizer
+    ctx, tgt = model.check_inputs(*data.train.tensors())
+    loader = data.train.loader(50, standardizer=data.standardizer)
+    c, t = loader.dataset[np.array([7, 3, 250])]
+    assert torch.allclose(c, ctx[[3, 7, 250]], atol=1e-5)
+    assert torch.allclose(t, tgt[[3, 7, 250]], atol=1e-5)
+    hist = fit(model, loader, steps=5, progress=False)
+    assert np.isfinite(hist.final_loss) and model.standardizer is data.standardizer

@@ -16,10 +16,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import mmap
 import re
 import warnings
 import zipfile
@@ -29,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bjepa.models.preprocess import release_pages
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -207,6 +207,7 @@ def _first_bad(values: np.ndarray) -> tuple[int, int] | None:
     """``(row, column)`` of the first NaN/inf, scanning a memory map in chunks."""
     for i in range(0, len(values), _SCAN_CHUNK):
         block = np.asarray(values[i:i + _SCAN_CHUNK])
+        release_pages(values)
         bad = ~np.isfinite(block)
         if bad.any():
             r, c = np.argwhere(bad)[0]
@@ -787,16 +788,3 @@ def _column_indices(seqs: Sequences, columns: Sequence[str], path: Path) -> list
             raise DataError(f"{path} has no column {c!r}; an array's columns are numbered "
                             f"0–{seqs.dim - 1}")
     return out
-
-
-def release_pages(values: np.ndarray) -> None:
-    """Drop the pages of a memory-mapped array from this process's resident set (they stay in
-    the OS page cache), so that reading a file larger than RAM keeps memory bounded."""
-    base: Any = values
-    while base is not None:
-        mm = getattr(base, "_mmap", None)
-        if isinstance(mm, mmap.mmap):
-            with contextlib.suppress(AttributeError, OSError, ValueError):  # platforms
-                mm.madvise(mmap.MADV_DONTNEED)
-            return
-        base = getattr(base, "base", None)
