@@ -11,7 +11,7 @@ with the guide ``z_T ~ q_θ'(z_T | x_{t+1})`` as in :class:`~bjepa.models.VJEPA`
 the trainer ``fit``) works unchanged: ``context = pack(x_t, u_t)`` is
 ``cat([x_t, u_t], -1)`` of width ``obs_dim + action_dim``; the target stays the next frame.
 
-In latent space the model is a stochastic controlled system, ``z' ~`` :meth:`transition`
+In latent space the model is a stochastic controlled system, ``z' ~`` :meth:`ActionVJEPA.transition`
 ``(z, u)``, which is what the planners in :mod:`bjepa.planning` roll out.
 
 Example::

@@ -41,7 +41,7 @@ class VAE(WorldModel):
     #: the constrained ``obs_scale`` PyroParam is read outside Pyro's param replay, so
     #: pyro.ops.jit cannot trace it: ``elbo="auto"`` trains these models eagerly
     jit_safe = False
-    #: which frame the decoder explains: ``"context"`` (VAE) or ``"target"`` (AR)
+    #: which frame the decoder explains, ``"context"`` (VAE) or ``"target"`` (AR)
     reconstructs = "context"
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, encoder: str = "linear",

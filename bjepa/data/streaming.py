@@ -1,7 +1,7 @@
 """Mini-batches of ``(context, target)`` pairs streamed from (memory-mapped) files.
 
-:func:`make_loader` builds a :class:`torch.utils.data.DataLoader` over :class:`~bjepa.data.
-pairs.Pairs` that :func:`bjepa.inference.fit` cycles (``fit(model, loader, ...)``;
+:func:`make_loader` builds a :class:`torch.utils.data.DataLoader` over :class:`~bjepa.data.Pairs`
+that :func:`bjepa.inference.fit` cycles (``fit(model, loader, ...)``;
 ``len(loader.dataset)`` is the number of pairs). Each batch is one vectorised read of the rows it
 needs — never the whole file — and the pages read are released from the process's resident set
 every ``release_every`` bytes, so a file larger than RAM trains with bounded memory.

@@ -216,7 +216,7 @@ class SamplingPlanner(_CEMPlanner):
     :param num_candidates: action sequences per CEM iteration ``N``.
     :param num_elites: elites ``K`` refitted per iteration.
     :param iterations: CEM iterations per step.
-    :param cold_iterations: CEM iterations for the first step after :meth:`reset`, when there
+    :param cold_iterations: CEM iterations for the first step after ``reset()``, when there
         is no previous plan to start from (default ``3 × iterations``).
     :param num_samples: sampled rollouts per candidate ``S`` (shared noise across candidates).
     :param risk: ``"cvar"`` (default), ``"mean"`` (expected cost) or ``"worst"``.
@@ -226,7 +226,7 @@ class SamplingPlanner(_CEMPlanner):
         open-loop rollouts; or a gain ``K (m, D_z)``.
     :param expected_violations: score a sampled path's unsafe steps by their probability under
         each step's Gaussian predictive (default; see
-        :func:`~bjepa.planning.latent.rollout_cost`) rather than by the indicator of the drawn
+        :func:`~bjepa.planning.rollout_cost`) rather than by the indicator of the drawn
         latent.
     :param init_std: initial CEM standard deviation of every action (cold start).
     :param warm_std: initial CEM standard deviation when the search starts from the previous
@@ -290,6 +290,7 @@ class GoalPriorPlanner(SamplingPlanner):
 
     :param goal_latent: ``z_goal`` ``(D_z,)``, e.g. ``model.encode_target(x_goal)``.
     :param goal_scale: σ_goal > 0 of the goal prior ``N(z_goal, σ_goal² I)``.
+
     Other arguments are those of :class:`SamplingPlanner`. On a cold start (no previous plan)
     the search is centred on the proposal; afterwards it is centred on the previous plan and
     the proposal is one more candidate. Both stay among the scored candidates, and the best
