@@ -99,8 +99,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_noisy_tv.py::test_canonical_directions_recover_shared_subspace",
         "tests/test_fuzz.py::test_fuzz_linear_probe",
     ],
-    "bjepa/diagnostics/calibration.py": [GAPS, EXTRA, *_DIAG_CAL],
-    "bjepa/diagnostics/collapse.py": [EXTRA, *_DIAG_COLLAPSE],
+    "bjepa/diagnostics/calibration.py": [GAPS, "tests/test_calibration_exact.py", *_DIAG_CAL],
+    "bjepa/diagnostics/collapse.py": ["tests/test_collapse_exact.py", *_DIAG_COLLAPSE],
     "inference/checkpoint.py": [
         GAPS, EXTRA,
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
