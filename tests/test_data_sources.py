@@ -284,3 +284,15 @@ def test_streamed_batches_equal_what_the_model_standardises_in_memory(tmp_path):
     assert torch.allclose(t, tgt[[3, 7, 250]], atol=1e-5)
     hist = fit(model, loader, steps=5, progress=False)
     assert np.isfinite(hist.final_loss) and model.standardizer is data.standardizer
+
+
+@pytest.mark.parametrize("stamps", [["1963-Q4", "1963-Q2", "1963-Q3"],
+                                    ["1963Q4", "1963Q2", "1963Q3"],
+                                    ["2001-03-01", "2001-01-01", "2001-02-01"]])
+def test_time_columns_of_dates_and_quarters(tmp_path, stamps):
+    pd.DataFrame({"date": stamps, "a": [3.0, 1.0, 2.0]}).to_csv(tmp_path / "q.csv", index=False)
+    assert load(tmp_path / "q.csv", time_col="date").values[:, 0].tolist() == [1.0, 2.0, 3.0]
+    pd.DataFrame({"date": ["x", *stamps[1:]], "a": [3.0, 1.0, 2.0]}).to_csv(tmp_path / "q.csv",
+                                                                           index=False)
+    with pytest.raises(DataError, match=r"neither numbers nor dates \(row 0"):
+        load(tmp_path / "q.csv", time_col="date")

@@ -549,11 +549,7 @@ def _table_to_sequences(df: Any, path: Path, *, columns: Sequence[str] | None,
     if time_col is not None:
         t = df[time_col]
         if not pd.api.types.is_numeric_dtype(t):
-            try:
-                t = pd.to_datetime(t, errors="raise", format="mixed")
-            except (ValueError, TypeError) as err:
-                raise DataError(f"{path}: time column {time_col!r} holds values that are neither "
-                                f"numbers nor dates ({_bad_cell(df[time_col], line)})") from err
+            t = _parse_times(t, path, time_col, line)
         tv = pd.Series(t).to_numpy()
         if pd.isna(tv).any():
             r = int(np.argmax(pd.isna(tv)))
@@ -576,6 +572,24 @@ def _table_to_sequences(df: Any, path: Path, *, columns: Sequence[str] | None,
                      episode_ids=ep_labels, actions=actions,
                      action_columns=[str(c) for c in acts])
     return apply_missing(seqs, missing, row_label=lambda r: line(int(order[r])))
+
+
+def _parse_times(t: Any, path: Path, col: str, line: Any) -> Any:
+    """Dates (any format pandas reads without a deprecation), else periods such as
+    ``1959Q1`` or ``1959-Q1``; a one-line error naming the first bad cell otherwise."""
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no parsing that pandas is about to drop
+            return pd.to_datetime(t, errors="raise", format="mixed")
+    except (ValueError, TypeError, Warning):
+        pass
+    try:
+        return pd.Series([pd.Period(str(v).replace("-Q", "Q")).to_timestamp() for v in t])
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{path}: time column {col!r} holds values that are neither numbers nor "
+                        f"dates ({_bad_cell(t, line)})") from err
 
 
 def _numeric_like(s: Any) -> bool:
