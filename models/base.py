@@ -176,6 +176,11 @@ class WorldModel(PyroModule):
 
         With a :attr:`standardizer` the pair is taken as raw observations and returned
         standardised; without one, data that look unstandardised draw one warning per model."""
+        if isinstance(context, torch.Tensor) and context.dim() == 3:
+            raise ValueError(
+                f"context must have 2 dimensions, got shape {tuple(context.shape)}; for "
+                "episodes (episodes, T, D) build pairs that do not cross episodes with "
+                "bjepa.data.make_pairs(x).tensors() (a list of episodes of any lengths works too)")
         self._check_width("context", context)
         check_tensor("context", context, ndim=2, last_dim=self.obs_dim)
         self._check_latent_dim()

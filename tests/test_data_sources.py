@@ -296,3 +296,12 @@ def test_time_columns_of_dates_and_quarters(tmp_path, stamps):
                                                                            index=False)
     with pytest.raises(DataError, match=r"neither numbers nor dates \(row 0"):
         load(tmp_path / "q.csv", time_col="date")
+
+
+def test_a_3d_tensor_given_to_fit_points_to_make_pairs():
+    x = torch.randn(2, 10, 3)
+    with pytest.raises(ValueError, match=r"must have 2 dimensions.*make_pairs\(x\)"):
+        VJEPA(3, 2).check_inputs(x, x)
+    ctx, tgt = make_pairs(x).tensors()
+    assert ctx.shape == (18, 3)
+    VJEPA(3, 2).check_inputs(ctx, tgt)
