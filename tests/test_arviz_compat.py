@@ -252,11 +252,33 @@ ARVIZ1_SCRIPT = textwrap.dedent("""
     pit = az.loo_pit(a, var_names="z_target")
     summ = az.summary(a, var_names=["predictor_net_weight"])
     cmp = az.compare({"a": a, "b": b}, var_name="z_target_joint")
+    # bjepa's ArviZ-facing module (numpy, xarray and ArviZ only), loaded by its file path:
+    # writing a file and summarising LOO as bjepa does, under ArviZ 1.x
+    import importlib.util
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("bjepa_arviz", sys.argv[3])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    post = a["posterior"]["predictor_net_weight"].values
+    ll = a["log_likelihood"]["z_target_joint"].values
+    groups = {"posterior": mod.dataset({"w": post}, {}, {}, {"source": "bjepa"}),
+              "log_likelihood": mod.dataset(
+                  {"z_target_joint": ll, "flat_joint": np.broadcast_to(ll[:1, :1], ll.shape)},
+                  {"z_target_joint": ["time"], "flat_joint": ["time"]}, {}, {})}
+    tree = mod.build(groups)
+    mod.save(tree, sys.argv[4])
+    again = az.from_netcdf(sys.argv[4])
+    summary = mod.summarise_loo(again, "z_target_joint", num_parameters=40)
+    exact = mod.summarise_loo(again, "flat_joint")
+    ranked = az.compare({"varying": mod.elpd(again, "z_target_joint"),
+                         "flat": mod.elpd(again, "flat_joint")})
     print(json.dumps({"version": az.__version__, "tree": type(a).__name__,
                       "elpd": float(loo.elpd), "p": float(loo.p),
                       "pit_shape": list(pit["z_target"].shape),
                       "rhat": [float(x) for x in summ["r_hat"]],
-                      "ranked": list(cmp.index)}))
+                      "ranked": list(cmp.index), "own_tree": type(tree).__name__,
+                      "own_loo": summary, "own_exact": exact,
+                      "own_ranked": sorted(ranked.index)}))
 """)
 
 
@@ -274,7 +296,8 @@ def _arviz1_python() -> str | None:
     if base is None:
         return None
     subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "arviz>=1.3", "h5netcdf"],
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "arviz>=1.3", "h5netcdf",
+                    "h5py"],
                    check=True, timeout=1200)
     return str(py)
 
@@ -291,8 +314,10 @@ def test_files_open_in_arviz_1_on_python_312(bjepa, split, tmp_path):
                                               num_samples=200), tmp_path / "a.nc")
     b = save_inference_data(to_inference_data(bjepa, test.obs[:100], test.obs[1:101],
                                               num_samples=200), tmp_path / "b.nc")
-    res = subprocess.run([py, "-c", ARVIZ1_SCRIPT, str(a), str(b)], capture_output=True,
-                         text=True, timeout=600, check=False)
+    module = Path(__file__).parents[1] / "bjepa" / "diagnostics" / "_arviz.py"
+    res = subprocess.run([py, "-c", ARVIZ1_SCRIPT, str(a), str(b), str(module),
+                          str(tmp_path / "own.nc")], capture_output=True, text=True,
+                         timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert int(got["version"].split(".")[0]) >= 1 and got["tree"] == "DataTree"
@@ -300,6 +325,11 @@ def test_files_open_in_arviz_1_on_python_312(bjepa, split, tmp_path):
     assert got["pit_shape"] == [100, 4]
     assert all(np.isfinite(got["rhat"]))                      # two chains: R-hat defined
     assert sorted(got["ranked"]) == ["a", "b"]
+    assert got["own_tree"] == "DataTree"
+    assert got["own_loo"]["applicable"] and got["own_loo"]["elpd_loo"] == pytest.approx(
+        got["elpd"], rel=1e-6)
+    assert got["own_exact"]["applicable"] is False and got["own_exact"]["p_loo"] == 0.0
+    assert got["own_ranked"] == ["flat", "varying"]
     py_version = subprocess.run([py, "-c", "import sys; print(sys.version_info[:2])"],
                                 capture_output=True, text=True, check=True).stdout
     assert py_version.strip() >= "(3, 12)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,9 @@ __all__: list[str] = []
 
 def import_arviz():
     """Import ArviZ without its one-off "major refactor" FutureWarning banner."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        import arviz
+    from bjepa.diagnostics._arviz import import_arviz as _import
 
-    return arviz
+    return _import()
 
 
 def jsonable(value: Any) -> Any:

@@ -23,7 +23,6 @@ import math
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 from pyro import poutine
 from pyro.infer.importance import psis_diagnostic
@@ -31,7 +30,7 @@ from pyro.ops.stats import fit_generalized_pareto
 
 from bjepa._util import seeded
 from bjepa._validation import check_positive_int
-from bjepa.diagnostics._common import import_arviz, jsonable
+from bjepa.diagnostics._common import jsonable
 from bjepa.diagnostics._views import _device, latent_sites
 
 __all__ = ["global_latent_sites", "guide_psis_khat", "khat_verdict", "loo_summary"]
@@ -152,20 +151,6 @@ def _target_latent(model: Any, target: torch.Tensor) -> torch.Tensor:
     return model.target_dist(target).mean
 
 
-def _loo_var(idata: Any, var_name: str | None) -> str | None:
-    names = list(idata.log_likelihood.data_vars)
-    if var_name is not None:
-        if var_name not in names:
-            raise ValueError(f"no log_likelihood variable {var_name!r}; the file has {names}")
-        return var_name
-    if len(names) == 1:
-        return names[0]
-    joint = [n for n in names if n.endswith("_joint")]
-    if len(joint) == 1:
-        return joint[0]
-    raise ValueError(f"idata has several log-likelihood variables {names}; pass var_name")
-
-
 def loo_summary(idata: Any, var_name: str | None = None, *, worst: int = 5,
                 num_parameters: int | None = None) -> dict[str, Any]:
     """PSIS-LOO (``az.loo``) on the ``log_likelihood`` group, with the k̂ counts and whether
@@ -183,59 +168,8 @@ def loo_summary(idata: Any, var_name: str | None = None, *, worst: int = 5,
     log-likelihood does not vary across draws (no global latents) LOO is exact and trivial:
     ``applicable`` is ``False``, ``elpd_loo`` is the log predictive density and ``p_loo`` is 0.
     """
-    az = import_arviz()
+    from bjepa.diagnostics._arviz import summarise_loo
+
     if not hasattr(idata, "log_likelihood"):
         raise ValueError("idata has no log_likelihood group; build it with to_inference_data")
-    var = _loo_var(idata, var_name)
-    ll = np.asarray(idata.log_likelihood[var].values, dtype=float)   # (chain, draw, ...)
-    flat = ll.reshape(ll.shape[0] * ll.shape[1], -1)
-    if np.all(np.ptp(flat, axis=0) == 0):
-        lpd = flat[0]
-        return jsonable({
-            "var_name": var, "applicable": False, "reliable": True, "problems": [],
-            "reason": "the log-likelihood is the same for every draw (no global latents): "
-                      "leaving an observation out changes nothing, so elpd_loo is the log "
-                      "predictive density, p_loo = 0 and Pareto k̂ is undefined",
-            "elpd_loo": float(lpd.sum()), "se": float(np.sqrt(lpd.size * lpd.var())),
-            "p_loo": 0.0, "n_samples": int(flat.shape[0]), "n_data_points": int(lpd.size),
-            "good_k": None, "khat_max": None, "khat_mean": None,
-            "khat_counts": {"good": 0, "bad": 0, "very_bad": 0}, "share_above_good_k": 0.0,
-            "share_above_0_7": 0.0, "worst": [], "warnings": []})
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        res = az.loo(idata, var_name=var, pointwise=True)
-    k = np.asarray(res.pareto_k.values, dtype=float).ravel()
-    good_k = float(getattr(res, "good_k", 0.7))
-    times = np.asarray(res.pareto_k.coords["time"].values) if "time" in res.pareto_k.coords \
-        else np.arange(k.size)
-    order = np.argsort(-k)[:worst]
-    notes = sorted({str(x.message).split("\n")[0] for x in w})
-    if res.n_samples < 100:
-        notes.append(f"only {res.n_samples} draws: k̂ cannot be estimated reliably (use >= 100)")
-    n_bad = int(((k > good_k) & (k <= 1.0)).sum())
-    n_very_bad = int((k > 1.0).sum())
-    n = int(res.n_data_points)
-    p_loo = float(res.p_loo)
-    share_07 = float((k > 0.7).mean())
-    problems = []
-    if share_07 > 0.01:
-        problems.append(f"Pareto k̂ > 0.7 for {100 * share_07:.1f} % of the {n} observations: "
-                        "their leave-one-out estimates are unreliable")
-    if p_loo > n / 5:
-        problems.append(f"p_loo = {p_loo:.1f} exceeds N/5 = {n / 5:.1f}: the posterior is "
-                        "badly misspecified or overfitted")
-    elif num_parameters is not None and p_loo > 2 * num_parameters:
-        problems.append(f"p_loo = {p_loo:.1f} exceeds twice the {num_parameters} global "
-                        "parameters: the model is misspecified")
-    return jsonable({
-        "var_name": var, "applicable": True, "reliable": not problems, "problems": problems,
-        "elpd_loo": float(res.elpd_loo), "se": float(res.se), "p_loo": p_loo,
-        "n_samples": int(res.n_samples), "n_data_points": n,
-        "good_k": good_k, "khat_max": float(k.max()), "khat_mean": float(k.mean()),
-        "khat_counts": {"good": int((k <= good_k).sum()), "bad": n_bad,
-                        "very_bad": n_very_bad},
-        "share_above_good_k": float((k > good_k).mean()), "share_above_0_7": share_07,
-        "num_parameters": num_parameters,
-        "worst": [{"time": int(times[i]), "khat": float(k[i])} for i in order],
-        "warnings": notes,
-    })
+    return jsonable(summarise_loo(idata, var_name, worst=worst, num_parameters=num_parameters))

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from bjepa._validation import check_positive_int
+from bjepa.diagnostics import _arviz
 from bjepa.diagnostics._common import atomic_write, import_arviz, model_label
 from bjepa.diagnostics._views import Draws, sample_draws
 
@@ -146,7 +147,6 @@ def inference_data_from_draws(model: Any, draws: Draws | list[Draws], *, time_of
                               loss_traces: list[Any] | None = None):
     """Assemble the InferenceData from :func:`bjepa.diagnostics._views.sample_draws` output
     (a list of draws, one per model, gives one chain per model)."""
-    az = import_arviz()
     models = list(model) if isinstance(model, list | tuple) else [model]
     all_draws = list(draws) if isinstance(draws, list | tuple) else [draws]
     _check_same_space(models, all_draws)
@@ -203,10 +203,9 @@ def inference_data_from_draws(model: Any, draws: Draws | list[Draws], *, time_of
         "draws": "draw s of every group is one joint posterior draw",
     }
 
-    def dataset(data: dict[str, np.ndarray], var_dims: dict[str, list[str]], **kw: Any):
-        used = {dim for names in var_dims.values() for dim in names}
-        return az.dict_to_dataset(data, attrs=attrs, dims=var_dims,
-                                  coords={k: v for k, v in coords.items() if k in used}, **kw)
+    def dataset(data: dict[str, np.ndarray], var_dims: dict[str, list[str]],
+                sample_dims: tuple[str, ...] = ("chain", "draw")):
+        return _arviz.dataset(data, var_dims, coords, attrs, sample_dims)
 
     loglik = {joint: _stack([d.log_likelihood for d in all_draws])}
     ll_dims = {joint: ["time"]}
@@ -219,7 +218,7 @@ def inference_data_from_draws(model: Any, draws: Draws | list[Draws], *, time_of
                                         {obs: ["time", view.observed_dim]}),
         "log_likelihood": dataset(loglik, ll_dims),
         "observed_data": dataset({obs: _np(first.observed)}, {obs: ["time", view.observed_dim]},
-                                 default_dims=[]),
+                                 sample_dims=()),
     }
     if prior:
         groups["prior"] = dataset(prior, {k: v for k, v in dims.items() if k in prior})
@@ -227,22 +226,19 @@ def inference_data_from_draws(model: Any, draws: Draws | list[Draws], *, time_of
         if any(t is None for t in loss_traces):
             raise ValueError("give a loss trace for every chain, or none")
         steps, losses = _loss_dataset(loss_traces)
-        import xarray as xr
-
-        groups["sample_stats"] = xr.Dataset(
-            {"training_loss": (("chain", "step"), losses)},
-            coords={"chain": np.arange(losses.shape[0]), "step": steps},
-            attrs={**attrs, "training_loss": "per-observation negative ELBO of each chain's "
-                                             "training run at the logged steps"})
-    return az.InferenceData(**groups)
+        groups["sample_stats"] = _arviz.dataset(
+            {"training_loss": losses}, {"training_loss": ["step"]}, {"step": steps},
+            {**attrs, "training_loss": "per-observation negative ELBO of each chain's training "
+                                       "run at the logged steps"}, ("chain",))
+    return _arviz.build(groups)
 
 
 def save_inference_data(idata: Any, path: str | Path) -> Path:
     """Write ``idata`` to NetCDF (h5netcdf engine) atomically; returns the path."""
-    az = import_arviz()
-    if not isinstance(idata, az.InferenceData):
-        raise TypeError(f"idata must be an arviz.InferenceData, got {type(idata).__name__}")
-    return atomic_write(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"))
+    if not _arviz.is_inference_data(idata):
+        raise TypeError(f"idata must be an arviz.InferenceData (ArviZ < 1) or an "
+                        f"xarray.DataTree (ArviZ >= 1), got {type(idata).__name__}")
+    return atomic_write(path, lambda tmp: _arviz.save(idata, tmp))
 
 
 def load_inference_data(path: str | Path):

@@ -90,11 +90,21 @@ def plot_calibration(report: CalibrationReport, path: str | Path | None = None, 
     # (c) ECDF difference with simultaneous band (ArviZ)
     az = import_arviz()
     uniform = stats.uniform(0, 1)
-    az.plot_ecdf(pit, eval_points=np.linspace(0, 1, 201), cdf=uniform.cdf, difference=True,
-                 confidence_bands=True, ci_prob=0.99, rvs=uniform.rvs, random_state=0,
-                 ax=ax_ecdf, plot_kwargs={"color": "tab:blue", "label": "PIT ECDF − uniform"},
-                 fill_kwargs={"color": "tab:gray", "alpha": 0.35,
-                              "label": "99 % simultaneous band if calibrated"})
+    if hasattr(az, "plot_ecdf"):  # ArviZ < 1
+        az.plot_ecdf(pit, eval_points=np.linspace(0, 1, 201), cdf=uniform.cdf,
+                     difference=True, confidence_bands=True, ci_prob=0.99, rvs=uniform.rvs,
+                     random_state=0, ax=ax_ecdf,
+                     plot_kwargs={"color": "tab:blue", "label": "PIT ECDF − uniform"},
+                     fill_kwargs={"color": "tab:gray", "alpha": 0.35,
+                                  "label": "99 % simultaneous band if calibrated"})
+    else:  # ArviZ >= 1 has no plot_ecdf: the same curve, with the DKW simultaneous band
+        grid = np.linspace(0, 1, 201)
+        values = np.sort(np.asarray(pit, dtype=float).ravel())
+        ecdf = np.searchsorted(values, grid, side="right") / values.size
+        eps = np.sqrt(np.log(2 / 0.01) / (2 * values.size))
+        ax_ecdf.fill_between(grid, -eps, eps, color="tab:gray", alpha=0.35,
+                             label="99 % simultaneous band if calibrated (DKW)")
+        ax_ecdf.plot(grid, ecdf - grid, color="tab:blue", label="PIT ECDF − uniform")
     ax_ecdf.axhline(0.0, color="k", lw=0.8)
     ax_ecdf.set(xlabel="PIT value (unitless)", ylabel="ECDF − uniform CDF (fraction)",
                 title=f"PIT ECDF difference (KS p = {report.ks_pvalue:.2g})")

@@ -403,47 +403,6 @@ def _loo_word(diag: Diagnosis) -> str:
 
 
 # -- comparing runs --------------------------------------------------------------------------
-def _elpd(idata: Any, var: str) -> Any:
-    """``az.loo``, or — when the log-likelihood is the same for every draw (no global latents,
-    where PSIS is undefined) — the exact leave-one-out result: elpd = log predictive density,
-    p_loo = 0."""
-    import warnings
-
-    import numpy as np
-
-    from bjepa.diagnostics._common import import_arviz
-
-    az = import_arviz()
-    ll = np.asarray(idata.log_likelihood[var].values, dtype=float)
-    flat = ll.reshape(ll.shape[0] * ll.shape[1], -1)
-    if not np.all(np.ptp(flat, axis=0) == 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return az.loo(idata, var_name=var, pointwise=True)
-    return _exact_elpd(az, idata, var, flat)
-
-
-def _exact_elpd(az: Any, idata: Any, var: str, flat: Any) -> Any:
-    import numpy as np
-    import xarray as xr
-
-    lpd = flat[0]
-    n = lpd.size
-    pointwise = xr.DataArray(lpd, dims=["time"])
-    if hasattr(az, "ELPDData") and az.__version__.startswith("0."):
-        return az.ELPDData(
-            data=[float(lpd.sum()), float(np.sqrt(n * lpd.var())), 0.0, int(flat.shape[0]), n,
-                  False, pointwise, xr.DataArray(np.zeros(n), dims=["time"]), "log", 0.7],
-            index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning",
-                   "loo_i", "pareto_k", "scale", "good_k"])
-    from arviz_stats.utils import ELPDDataLOO  # ArviZ >= 1
-
-    return ELPDDataLOO(elpd=float(lpd.sum()), se=float(np.sqrt(n * lpd.var())), p=0.0,
-                       n_samples=int(flat.shape[0]), n_data_points=n, scale="log",
-                       warning=False, good_k=0.7, elpd_i=pointwise,
-                       pareto_k=xr.DataArray(np.zeros(n), dims=["time"]))
-
-
 def compare_runs(diag_dir: str | Path, *, names: list[str] | None = None,
                  out: str | Path | None = None) -> dict[str, Any]:
     """``az.compare`` of the models diagnosed in ``diag_dir`` (``RUN_DIR/diagnostics``),
@@ -505,7 +464,9 @@ def compare_runs(diag_dir: str | Path, *, names: list[str] | None = None,
             refused[name] = (f"its observed values (target latents) differ from those of "
                              f"{chosen[0]}: it scores another latent space, so its elpd is on "
                              "another scale")
-    elpds = {name: _elpd(*data[name]) for name in chosen}
+    from bjepa.diagnostics._arviz import elpd
+
+    elpds = {name: elpd(*data[name]) for name in chosen}
     import warnings
 
     with warnings.catch_warnings():
@@ -535,7 +496,9 @@ def _plot_compare(az: Any, table: Any, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not hasattr(az, "plot_compare") or not az.__version__.startswith("0."):
+    from bjepa.diagnostics._arviz import is_legacy
+
+    if not is_legacy(az):
         return  # ArviZ >= 1: plotting lives in arviz_plots; the table is written anyway
     ax = az.plot_compare(table, insample_dev=False, figsize=(7, 1.2 + 0.6 * len(table)))
     ax.set_title("az.plot_compare: elpd_loo (higher is better)")
