@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bjepa._util import nanmean, progress_bar
+from bjepa._util import nanmean
 from bjepa._validation import (
     check_choice,
     check_nonnegative,
@@ -41,6 +41,7 @@ from bjepa._validation import (
     check_positive_int,
 )
 from bjepa.data import atari as atari_data
+from bjepa.experiments.grid import GridPoint, format_rows, grid_points, run_grid, summarise_rows
 from bjepa.inference import fit_restarts
 from bjepa.inference.checkpoint import save_checkpoint
 from bjepa.metrics import linear_probe_r2, r2_score
@@ -413,28 +414,24 @@ def run(cfg: AtariConfig, folder: RunFolder | None = None) -> list[dict[str, Any
 def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
     if folder is not None:
         folder.write_json("config.json", {**asdict(cfg), "encoder": cfg.encoder})
-    rows: list[dict[str, Any]] = []
-    total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    bar = progress_bar(total, cfg.progress, "Atari runs", unit="run")
-    for seed in cfg.seeds:
-        raw = load_raw(cfg, seed)
-        if folder is not None and seed == cfg.seeds[0]:
-            plot_frames(cfg, raw, folder.file("frames.png"))
-        for sigma in cfg.sigmas:
-            train, test = make_splits(cfg, sigma, seed, raw)
-            for name in cfg.models:
-                rows.append(_train_one(cfg, name, sigma, seed, train, test, folder))
-                row = rows[-1]
-                if bar is not None:
-                    bar.set_postfix_str(f"{name} σ={sigma:g} seed={seed} "
-                                        f"linear R²={row['linear_r2']:.3f}")
-                    bar.update(1)
-                logger.info("[%d/%d] %s σ=%g seed=%d linear R²=%.3f MLP R²=%.3f (%.1fs)",
-                            len(rows), total, name, sigma, seed, row["linear_r2"],
-                            row["mlp_r2"], row["train_seconds"])
-            del train, test
-    if bar is not None:
-        bar.close()
+    held: dict[str, Any] = {}  # the current seed's frames and (σ, seed) split, one at a time
+
+    def run_one(p: GridPoint) -> dict[str, Any]:
+        if held.get("seed") != p.seed:
+            held.clear()
+            held.update(seed=p.seed, raw=load_raw(cfg, p.seed))
+            if folder is not None and p.seed == cfg.seeds[0]:
+                plot_frames(cfg, held["raw"], folder.file("frames.png"))
+        if held.get("sigma") != p.setting:
+            held.pop("split", None)
+            held.update(sigma=p.setting, split=make_splits(cfg, p.setting, p.seed, held["raw"]))
+        return _train_one(cfg, p.model, p.setting, p.seed, *held["split"], folder)
+
+    rows = run_grid(grid_points(cfg.models, cfg.sigmas, cfg.seeds, order="seed"),
+                    run_one=run_one, progress=cfg.progress, desc="Atari runs",
+                    describe=lambda r: f"linear R²={r['linear_r2']:.3f} "
+                                       f"MLP R²={r['mlp_r2']:.3f}")
+    held.clear()
     if folder is not None:
         folder.write_rows("results", rows)
         plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
@@ -480,19 +477,9 @@ def _order(model: str) -> int:
 # -- summaries -----------------------------------------------------------------------------
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean, sd, min and max over seeds of the mean linear and MLP probe R², per model × σ."""
-    out = []
-    keys = sorted({(r["model"], r["sigma"]) for r in rows}, key=lambda k: (_order(k[0]), k[1]))
-    for model, sigma in keys:
-        sel = [r for r in rows if r["model"] == model and r["sigma"] == sigma]
-        entry: dict[str, Any] = {"model": model, "sigma": sigma, "n": len(sel)}
-        for probe_kind in ["linear", "mlp"]:
-            v = np.array([r[f"{probe_kind}_r2"] for r in sel], dtype=float)
-            entry[f"{probe_kind}_mean"] = float(np.nanmean(v))
-            entry[f"{probe_kind}_sd"] = float(np.nanstd(v, ddof=1)) if len(v) > 1 else 0.0
-            entry[f"{probe_kind}_min"] = float(np.nanmin(v))
-            entry[f"{probe_kind}_max"] = float(np.nanmax(v))
-        out.append(entry)
-    return out
+    return summarise_rows(rows, ("model", "sigma"), ["linear_r2", "mlp_r2"],
+                          names={"linear_r2": "linear", "mlp_r2": "mlp"},
+                          order=lambda k: (_order(k[0]), k[1]))
 
 
 def compare(rows: Sequence[dict[str, Any]], a: str = "vjepa", b: str = "vae",
@@ -518,13 +505,8 @@ def compare(rows: Sequence[dict[str, Any]], a: str = "vjepa", b: str = "vae",
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :func:`summarise`'s rows."""
-    lines = [f"{'model':<7} {'sigma':>5} {'n':>3}  {'linear R2 (mean ± sd)':>22} {'min':>7}  "
-             f"{'MLP R2 (mean ± sd)':>19} {'min':>7}"]
-    for s in summary:
-        lines.append(f"{s['model']:<7} {s['sigma']:>5g} {s['n']:>3}  "
-                     f"{s['linear_mean']:>13.3f} ± {s['linear_sd']:<6.3f} {s['linear_min']:>7.3f}"
-                     f"  {s['mlp_mean']:>10.3f} ± {s['mlp_sd']:<6.3f} {s['mlp_min']:>7.3f}")
-    return "\n".join(lines)
+    return format_rows(summary, [("model", "model", "<7"), ("sigma", "sigma", ">5g")],
+                       [("linear", "linear R2", ".3f"), ("mlp", "MLP R2", ".3f")], worst=True)
 
 
 # -- figures -------------------------------------------------------------------------------

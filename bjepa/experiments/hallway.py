@@ -38,6 +38,7 @@ from bjepa._validation import (
     check_unit_interval,
 )
 from bjepa.data import hallway as hw
+from bjepa.experiments.grid import summarise_rows
 from bjepa.inference import fit
 from bjepa.inference.fit import set_seed
 from bjepa.metrics import r2_score
@@ -377,18 +378,8 @@ def run(cfg: HallwayConfig, folder: RunFolder | None = None) -> list[dict[str, A
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per head: number of seeds and mean / sd (ddof = 1) of every metric."""
-    out = []
-    for head in dict.fromkeys(r["head"] for r in rows):
-        sel = [r for r in rows if r["head"] == head]
-        entry: dict[str, Any] = {"head": head, "n": len(sel)}
-        for key in [*METRICS, "train_seconds"]:
-            vals = np.array([r[key] for r in sel], dtype=float)
-            vals = vals[np.isfinite(vals)]
-            entry[f"{key}_mean"] = float(vals.mean()) if len(vals) else float("nan")
-            entry[f"{key}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
-        out.append(entry)
-    return out
+    """Per head: number of seeds and mean / sd (ddof = 1) / min / max of every metric."""
+    return summarise_rows(rows, ("head",), [*METRICS, "train_seconds"])
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bjepa._util import nanmean, progress_bar
+from bjepa._util import nanmean
 from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
+from bjepa.experiments.grid import GridPoint, format_rows, grid_points, run_grid, summarise_rows
 from bjepa.inference import fit
 from bjepa.inference.checkpoint import load_checkpoint, save_checkpoint
 from bjepa.inference.fit import set_seed
@@ -150,8 +151,6 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
         raise ValueError("resume=True needs a run folder")
     if folder is not None:
         folder.write_json("config.json", asdict(cfg))
-    total = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    bar = progress_bar(total, cfg.progress, "Noisy TV runs", unit="run")
     splits: dict[tuple[float, int], tuple[noisy_tv.NoisyTV, noisy_tv.NoisyTV]] = {}
 
     def split(sigma: float, seed: int) -> tuple[noisy_tv.NoisyTV, noisy_tv.NoisyTV]:
@@ -161,39 +160,22 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
             splits[sigma, seed] = train.to(cfg.device), test.to(cfg.device)
         return splits[sigma, seed]
 
-    done: dict[tuple[str, float, int], dict[str, Any]] = {}
+    def finished(p: GridPoint) -> dict[str, Any] | None:
+        final = _final_path(folder, p.model, p.setting, p.seed)
+        return _finished_row(final) if resume and final.exists() else None
 
-    def finish(row: dict[str, Any]) -> None:
-        done[row["model"], row["sigma"], row["seed"]] = row
-        if bar is not None:
-            bar.set_postfix_str(f"{row['model']} σ={row['sigma']:g} seed={row['seed']} "
-                                f"signal R²={row['signal_r2']:.3f}")
-            bar.update(1)
-        logger.info("[%d/%d] %s σ=%g seed=%d signal R²=%.3f noise R²=%.3f (%.1fs)",
-                    len(done), total, row["model"], row["sigma"], row["seed"],
-                    row["signal_r2"], row["noise_r2"], row["train_seconds"])
+    def run_one(p: GridPoint) -> dict[str, Any]:
+        return _train_one(p.model, p.setting, p.seed, cfg, *split(p.setting, p.seed), folder,
+                          resume)
 
-    pending: dict[str, list[tuple[float, int]]] = {name: [] for name in cfg.models}
-    for sigma in cfg.sigmas:  # one at a time: σ, then seed, then model
-        for seed in cfg.seeds:
-            for name in cfg.models:
-                final = _final_path(folder, name, sigma, seed)
-                row = _finished_row(final) if resume and final.exists() else None
-                if row is not None:
-                    logger.info("resume: %s already finished, keeping its results", final.stem)
-                    finish(row)
-                elif cfg.replicas == 1:
-                    finish(_train_one(name, sigma, seed, cfg, *split(sigma, seed), folder,
-                                      resume))
-                else:
-                    pending[name].append((sigma, seed))
-    for name, runs in pending.items():  # batched: all runs of one model together
-        if runs:
-            _train_batched(name, runs, cfg, split, folder, finish)
-    if bar is not None:
-        bar.close()
-    rows = [done[name, sigma, seed] for sigma in cfg.sigmas for seed in cfg.seeds
-            for name in cfg.models]
+    def run_group(name: str, group: list[GridPoint]) -> list[dict[str, Any]]:
+        return _train_batched(name, [(p.setting, p.seed) for p in group], cfg, split, folder)
+
+    points = grid_points(cfg.models, cfg.sigmas, cfg.seeds)  # σ, then seed, then model
+    rows = run_grid(points, finished=finished, progress=cfg.progress, desc="Noisy TV runs",
+                    describe=lambda r: f"signal R²={r['signal_r2']:.3f} "
+                                       f"noise R²={r['noise_r2']:.3f}",
+                    **({"run_one": run_one} if cfg.replicas == 1 else {"run_group": run_group}))
     if folder is not None:
         folder.write_rows("results", rows)
         plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
@@ -215,12 +197,14 @@ def _save_run(folder: RunFolder | None, model: Any, row: dict[str, Any],
 
 
 def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
-                   split: Any, folder: RunFolder | None, finish: Any) -> None:
-    """Train the (σ, seed) ``runs`` of model ``name`` as replicas, chunk by chunk."""
+                   split: Any, folder: RunFolder | None) -> list[dict[str, Any]]:
+    """Train the (σ, seed) ``runs`` of model ``name`` as replicas, chunk by chunk; returns
+    their rows in order."""
     from bjepa.inference.replicas import auto_chunk
 
     obs = split(*runs[0])[0].obs
     chunk = cfg.replicas or auto_chunk(len(runs), obs.shape[0] - 1, obs.shape[1])
+    rows = []
     for lo in range(0, len(runs), chunk):
         part = runs[lo:lo + chunk]
         models = []
@@ -240,7 +224,8 @@ def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
                    **probe(model, *split(sigma, seed)), "final_loss": hist.final_loss,
                    "train_seconds": round(hist.seconds, 3), "replicas": len(part)}
             _save_run(folder, model, row, cfg)
-            finish(row)
+            rows.append(row)
+    return rows
 
 
 def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
@@ -274,32 +259,18 @@ def _order(model: str) -> int:
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, sd, min of the signal and distractor R² per model and σ."""
-    out = []
-    keys = sorted({(r["model"], r["sigma"]) for r in rows},
-                  key=lambda k: (_order(k[0]), k[1]))
-    for model, sigma in keys:
-        sel = [r for r in rows if r["model"] == model and r["sigma"] == sigma]
-        sig = np.array([r["signal_r2"] for r in sel], dtype=float)
-        noi = np.array([r["noise_r2"] for r in sel], dtype=float)
-        out.append({
-            "model": model, "sigma": sigma, "n": len(sel),
-            "signal_mean": float(sig.mean()), "signal_sd": float(sig.std(ddof=1))
-            if len(sel) > 1 else 0.0, "signal_min": float(sig.min()),
-            "noise_mean": nanmean(noi),
-        })
-    return out
+    """Mean, sd, min and max over seeds of the signal and distractor R² per model and σ
+    (``signal_mean``, ``signal_sd``, ``signal_min``, ``noise_mean``, ...)."""
+    return summarise_rows(rows, ("model", "sigma"), ["signal_r2", "noise_r2"],
+                          names={"signal_r2": "signal", "noise_r2": "noise"},
+                          order=lambda k: (_order(k[0]), k[1]))
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :func:`summarise`'s rows."""
-    lines = [f"{'model':<7} {'sigma':>5} {'n':>3}  {'signal R2 (mean ± sd)':>22} "
-             f"{'min':>7}  {'distractor R2':>13}"]
-    for s in summary:
-        lines.append(f"{s['model']:<7} {s['sigma']:>5g} {s['n']:>3}  "
-                     f"{s['signal_mean']:>13.3f} ± {s['signal_sd']:<6.3f} {s['signal_min']:>7.3f}"
-                     f"  {s['noise_mean']:>13.3f}")
-    return "\n".join(lines)
+    return format_rows(summary, [("model", "model", "<7"), ("sigma", "sigma", ">5g")],
+                       [("signal", "signal R2", ".3f"), ("noise", "distractor R2", ".3f")],
+                       worst=True)
 
 
 def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: Any) -> None:

@@ -29,6 +29,7 @@ from bjepa._util import seeded
 from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.diagnostics import calibrate, collapse_diagnostics, fit_linear_probe
+from bjepa.experiments.grid import summarise_rows
 from bjepa.experiments.noisy_tv import _finished_row, probe
 from bjepa.inference import fit
 from bjepa.inference.checkpoint import save_checkpoint
@@ -327,28 +328,12 @@ def run_tau_ablation(cfg: TauAblationConfig, folder: RunFolder | None = None, *,
     return rows
 
 
-def _stats(values: Sequence[float]) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
-
-
 def summarise(rows: Sequence[dict[str, Any]], param: str) -> list[dict[str, Any]]:
-    """Mean and sd over seeds of every metric in :data:`METRICS`, per σ and ``param`` value
-    (in the order the values first appear)."""
-    keys = list(dict.fromkeys((r["sigma"], r[param]) for r in rows))
-    keys.sort(key=lambda k: k[0])  # stable: keeps the sweep order within a σ
-    out = []
-    for sigma, value in keys:
-        sel = [r for r in rows if r["sigma"] == sigma and r[param] == value]
-        entry: dict[str, Any] = {param: value, "sigma": sigma, "n": len(sel)}
-        for m in METRICS:
-            if m in sel[0]:
-                entry[f"{m}_mean"], entry[f"{m}_sd"] = _stats([r[m] for r in sel])
-        out.append(entry)
-    return out
+    """Mean, sd, min and max over seeds of every metric in :data:`METRICS`, per σ and
+    ``param`` value (in the order the values first appear within a σ)."""
+    order = {k: i for i, k in enumerate(dict.fromkeys((r["sigma"], r[param]) for r in rows))}
+    return summarise_rows(rows, (param, "sigma"), METRICS,
+                          order=lambda k: (k[1], order[(k[1], k[0])]))
 
 
 def format_table(summary: Sequence[dict[str, Any]], param: str) -> str:
