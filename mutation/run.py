@@ -151,19 +151,35 @@ def prepare(workdir: Path, python: Path | None) -> Path:
     return python
 
 
-def write_config(path: Path, module: str, python: Path, timeout: float) -> None:
+def write_config(path: Path, module: str, python: Path, timeout: float,
+                 server: Path | None = None) -> None:
     tests = " ".join(f"'{a}'" for a in MODULES[module])
     keep = "|".join(OPERATORS)
+    runner = f"{python} -m pytest" if server is None else \
+        f"{python} {ROOT / 'mutation' / 'pytest_client.py'} {server}"
     path.write_text(
         "[cosmic-ray]\n"
         f'module-path = "{module}"\n'
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f'test-command = "{python} -m pytest -x -q -p no:cacheprovider {tests}"\n'
+        f'test-command = "{runner} -x -q -p no:cacheprovider {tests}"\n'
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
         "[cosmic-ray.filters.operators-filter]\n"
         f'exclude-operators = ["^(?!core/({keep})$)"]\n')
+
+
+def start_server(python: Path, workdir: Path, sock: Path, timeout: float
+                 ) -> subprocess.Popen:
+    """``pytest_server.py`` for ``workdir``: the third-party imports paid once per module."""
+    proc = subprocess.Popen([str(python), str(ROOT / "mutation" / "pytest_server.py"),
+                             str(sock), str(workdir), str(int(timeout))],
+                            stdout=subprocess.PIPE, text=True, cwd=workdir)
+    line = proc.stdout.readline()
+    if "ready" not in line:
+        proc.kill()
+        sys.exit(f"the pytest server did not start: {line!r}")
+    return proc
 
 
 def baseline(python: Path, module: str, workdir: Path) -> float:
@@ -225,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recheck-survivors", action="store_true",
                    help="re-run the surviving mutants of earlier sessions (after new tests)")
     p.add_argument("--no-pull", action="store_true", help="use the clone as it is")
+    p.add_argument("--no-server", action="store_true",
+                   help="start a fresh pytest process per mutant (slower: no shared imports)")
     args = p.parse_args(argv)
     modules = [m for m in args.modules.split(",") if m]
     unknown = [m for m in modules if m not in MODULES]
@@ -249,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         db, cfg = state / f"{name}.sqlite", state / f"{name}.toml"
         t0 = time.perf_counter()
         base = baseline(python, module, workdir)
-        write_config(cfg, module, python, timeout=round(3 * base + 30, 1))
+        timeout = round(3 * base + 30, 1)
+        server = None if args.no_server else start_server(python, workdir,
+                                                          state / "pytest.sock", timeout)
+        write_config(cfg, module, python, timeout,
+                     None if server is None else state / "pytest.sock")
         if db.exists() and (args.fresh or not _has_specs(db)):  # or an interrupted init
             db.unlink()
         if not db.exists():
@@ -265,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             finally:
                 con.close()
-        sh([cr, "exec", str(cfg), str(db)], cwd=workdir)
+        try:
+            sh([cr, "exec", str(cfg), str(db)], cwd=workdir)
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait()
         result = summarise(db)
         result.update(commit=commit, baseline_seconds=round(base, 1),
                       seconds=round(time.perf_counter() - t0, 1))

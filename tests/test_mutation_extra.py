@@ -213,3 +213,21 @@ def test_ema_update_copies_buffers_and_requires_matching_ones():
                                 torch.nn.BatchNorm1d(2, affine=False))
     with pytest.raises(ValueError):
         EMATarget(src).update(other, 0.5)
+
+
+def test_head_interfaces_keyword_options_and_state_keys():
+    for cls in (DiagonalGaussianHead, FullCovGaussianHead):
+        with pytest.raises(TypeError):
+            cls(3, 2, "mlp")  # net and hidden_dim are keyword-only
+    # the Cholesky index buffers are derived, not saved: checkpoints hold the network only
+    assert set(FullCovGaussianHead(3, 2).state_dict()) == {"net.weight", "net.bias"}
+
+
+def test_full_covariance_head_start_survives_collinear_residuals():
+    """Two target dims with identical residuals make the residual covariance singular; the
+    start adds a small jitter (+1e-8 I) so its Cholesky factor exists."""
+    x, y = _regression(seed=2)
+    y = torch.cat([y, y[:, :1]], dim=1)  # dim 2 repeats dim 0
+    head = FullCovGaussianHead(3, 3).double()
+    values = head.init_values(x, y)
+    assert all(torch.isfinite(v).all() for v in values.values())
