@@ -40,6 +40,7 @@ root_doc = "docs/index"
 extensions = [
     "myst_nb",  # MyST Markdown pages and text notebooks (includes myst-parser)
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
@@ -71,6 +72,7 @@ autodoc_default_options = {
     "show-inheritance": True,
     "member-order": "bysource",
 }
+autosummary_generate = False  # tables only; the entries are on the same page
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
@@ -151,11 +153,13 @@ def _api_lines(package_name):
     package = importlib.import_module(package_name)
     public = list(getattr(package, "__all__", ()))
     lines = [f".. automodule:: {package_name}", "   :no-members:", ""]
+    names = [name for name in public if not inspect.ismodule(getattr(package, name))]
+    if names:  # a table of the public names with their one-line summaries
+        lines += [".. autosummary::", "   :nosignatures:", ""]
+        lines += [f"   {name}" for name in names] + [""]
     exported = set()
-    for name in public:
+    for name in names:
         obj = getattr(package, name)
-        if inspect.ismodule(obj):
-            continue
         exported.add(_key(obj))
         lines += _entry(f"{package_name}.{name}", obj)
     if not hasattr(package, "__path__"):
@@ -284,7 +288,7 @@ def _clean_docstring(app, what, name, obj, options, lines):
     fixed = []
     state = "blank"  # what the previous line was: "blank", "field" (or its continuation), "prose"
     for line in lines:
-        if line.startswith(":") and not line.startswith(":math:"):
+        if re.match(r":[^:`]+:(\s|$)", line):  # a field (":param x:"), not a role
             if state == "prose":
                 fixed.append("")
             state = "field"
