@@ -155,12 +155,11 @@ class Pairs:
 
 
 def _take(values: np.ndarray, rows: np.ndarray, dtype: Any) -> np.ndarray:
-    """``values[rows]`` as ``dtype``; a contiguous run is read as one slice."""
+    """``values[rows]`` as a new, writable ``dtype`` array (never a view of a read-only memory
+    map); a contiguous run is read as one slice."""
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-        block = values[rows[0]:rows[-1] + 1]
-    else:
-        block = values[rows]
-    return np.asarray(block, dtype=dtype)
+        return np.array(values[rows[0]:rows[-1] + 1], dtype=dtype)
+    return np.asarray(values[rows], dtype=dtype)
 
 
 def make_pairs(data: Sequences | Any, *, context_frames: int = 1, horizon: int = 1,
