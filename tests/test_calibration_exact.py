@@ -211,6 +211,7 @@ def test_verdict_names_bias_and_mixed_dimensions():
     d, y = _grid_forecast([0.0, 0.0], [0.8, 0.8])
     r = calibrate(d, y)
     assert r.verdict == "overconfident" and r.reasons[0].startswith("intervals are too narrow")
+    assert f"90 %: {100 * r.coverage_at(0.9):.1f} %" in r.reasons[0], r.reasons
     d, y = _grid_forecast([0.0, 0.0], [1.3, 1.3])
     r = calibrate(d, y)
     assert r.verdict == "underconfident" and r.reasons[0].startswith("intervals are too wide")
@@ -253,3 +254,5 @@ def test_fit_linear_probe_is_least_squares_and_affine_pushes_forecasts_through_i
     np.testing.assert_allclose(noisy.variance.mean(0).numpy(), [0.25, 4.0], rtol=0.05)
     with pytest.raises(ValueError, match="coef"):
         fc.affine(coef[:2], intercept)
+    with pytest.raises(TypeError):
+        fc.affine(coef, intercept, None, 100)  # num_samples is keyword-only

@@ -156,3 +156,37 @@ def test_collapse_inputs_are_validated():
         with pytest.raises(ValueError, match="threshold"):
             collapse_from_moments(loc, None, _context(), threshold=bad)
     assert collapse_from_moments(loc, None, _context(), threshold=0.49).threshold == 0.49
+
+
+def test_deterministic_threshold_is_strict_and_messages_state_it():
+    n = 8
+    loc = _signs(n, 2) * torch.tensor([1.0, 0.5], dtype=torch.float64)  # var 1, 0.25
+    r = collapse_from_moments(loc, None, _context(n, 2), threshold=0.4)
+    assert r.share_explained == [1.6, 0.4]  # 0.25 / mean(1, 0.25) is exactly 0.4
+    assert r.active == [True, False] and r.verdict == "partial collapse"
+    assert any(s == "1 of 2 units inactive (dims [1]): the input explains ≤ 40 % of their "
+               "variance" for s in r.reasons), r.reasons
+
+
+def test_collapse_diagnostics_measures_kl_against_the_models_own_prior():
+    from torch.distributions import Independent
+
+    from bjepa.diagnostics.collapse import collapse_diagnostics
+    from bjepa.models import VJEPA
+
+    class WidePrior(VJEPA):
+        def prior_dist(self, like):
+            return Independent(Normal(torch.full_like(like, 0.5), torch.full_like(like, 2.0)),
+                               1)
+
+    torch.manual_seed(0)
+    m = WidePrior(5, 2, init="random").double()
+    x = torch.randn(41, 5, dtype=torch.float64)
+    r = collapse_diagnostics(m, x[:-1], x[1:])
+    q = m.target_dist(x[1:])
+    kl = gaussian_kl_per_dim(q.mean, q.stddev, torch.tensor(0.5, dtype=torch.float64),
+                             torch.tensor(2.0, dtype=torch.float64)).mean(0)
+    torch.testing.assert_close(torch.tensor(r.kl_per_dim, dtype=torch.float64), kl)
+    torch.testing.assert_close(torch.tensor(r.posterior_variance_prior_units,
+                                            dtype=torch.float64),
+                               q.variance.mean(0).detach() / 4.0)

@@ -231,3 +231,18 @@ def test_full_covariance_head_start_survives_collinear_residuals():
     head = FullCovGaussianHead(3, 3).double()
     values = head.init_values(x, y)
     assert all(torch.isfinite(v).all() for v in values.values())
+
+
+def test_heads_accept_extra_batch_dimensions():
+    from bjepa.models.heads import make_head
+
+    with pytest.raises(TypeError):
+        make_head("diag", 3, 2, "mlp")  # net is keyword-only
+    z = torch.randn(2, 4, 3, dtype=torch.float64)  # (replicas, rows, features)
+    for name in ("diag", "full"):
+        head = make_head(name, 3, 2).double()
+        d = head(z)
+        assert d.batch_shape == (2, 4) and d.event_shape == (2,)
+        flat = head(z.reshape(8, 3))
+        torch.testing.assert_close(d.mean.reshape(8, 2), flat.mean)
+        torch.testing.assert_close(d.variance.reshape(8, 2), flat.variance)
