@@ -19,7 +19,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
-from pyro.infer.autoguide import init_to_median, init_to_sample
+from pyro.infer.autoguide import init_to_median, init_to_sample, init_to_value
 
 from bjepa._validation import check_positive_int
 
@@ -109,17 +109,19 @@ def _latents(model, context, target, z_context, z_target):
 
 def weight_posterior_chains(model: Any, context: torch.Tensor, target: torch.Tensor, *,
                             num_chains: int = 4, steps: int = 1000, lr: float = 0.02,
-                            num_particles: int = 1, seed: int = 0) -> list[Any]:
+                            num_particles: int = 1, init_spread: float = 0.1,
+                            seed: int = 0) -> list[Any]:
     """Copies of a BJEPA whose weight guides were refit, each from its own random start and
     seed, to the weight posterior given the frozen encoders (``BJEPA.weight_likelihood``).
 
     The encoders, and so the observed target latents, are those of ``model`` in every copy:
     pass the list to :func:`bjepa.diagnostics.to_inference_data` to get one chain per copy.
-    Starts are drawn from the weight prior (``init_to_sample``), so chains that end apart
-    show in R-hat.
+    Each chain starts at the closed-form least-squares head (linear heads) plus Gaussian
+    noise of relative size ``init_spread`` (else at a draw from the weight prior), so chains
+    that end apart show in R-hat.
 
     :param num_chains: copies (>= 2).
-    :param steps: SVI steps per copy (ClippedAdam with a decaying learning rate).
+    :param steps: SVI steps per copy.
     """
     from bjepa.inference.fit import FusedSVI
 
@@ -128,16 +130,24 @@ def weight_posterior_chains(model: Any, context: torch.Tensor, target: torch.Ten
         raise ValueError(f"num_chains must be an int >= 2, got {num_chains!r}")
     steps = check_positive_int("steps", steps)
     zc, zt = frozen_latents(model, context, target)
+    head = model.predictor
+    start = head.init_values(zc, zt) if hasattr(head, "init_values") else None
     chains = []
     for c in range(num_chains):
         m = copy.deepcopy(model)
         pyro.set_rng_seed(seed + c)
+        init = init_to_sample
+        if start:
+            prefix = m.predictor._pyro_name
+            values = {f"{prefix}.{k}": v + init_spread * (v.abs().mean() + 0.1)
+                      * torch.randn_like(v) for k, v in start.items()}
+            init = init_to_value(values=values, fallback=init_to_sample)
         spec, scale = m._guide_spec, m.guide_init_scale
         if isinstance(spec, str):
             from bjepa.models.bjepa import AUTOGUIDES
 
-            m._guide_spec = lambda blocked, cls=AUTOGUIDES[spec], scale=scale: cls(
-                blocked, init_loc_fn=init_to_sample, init_scale=scale)
+            m._guide_spec = lambda blocked, cls=AUTOGUIDES[spec], scale=scale, init=init: cls(
+                blocked, init_loc_fn=init, init_scale=scale)
         try:
             m._build_weight_guide()
         finally:
