@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint install clean mutate docs
+.PHONY: demo test test-all test-arviz1 lint install clean mutate docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# files bjepa writes, read by ArviZ >= 1.3 under Python >= 3.12 (venv built once in ~/.cache)
+test-arviz1: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_arviz_compat.py
 
 # mutation testing of the core numerical modules, on demand (about an hour on 2 cores; not in CI):
 # works in a separate clone of HEAD with its own venv, since cosmic-ray mutates files in place
