@@ -67,11 +67,24 @@ _BJEPA = _ids("tests/test_bjepa.py", "test_guide_covers_every_model_latent",
               "test_goal_prior_moves_prediction_by_the_precisions",
               "test_custom_prior_end_to_end", "test_energy_fusion_reports_ess")
 
+_GAPS_TRAINER = _ids(GAPS,
+                     "test_trainer_ema_target_equals_hand_rolled_ema_under_cosine_tau_step_by_step",
+                     "test_vjepa_target_mean_is_the_stop_gradient_ema_not_the_online_encoder")
+_GAPS_PRIOR = _ids(GAPS, "test_gaussian_prior_precision_is_one_over_sigma_squared_in_fusion",
+                   "test_fuse_gaussian_is_the_product_of_two_gaussians",
+                   "test_trained_bjepa_structural_prior_fuses_by_its_learned_precision")
+_GAPS_RNG = _ids(GAPS, "test_rng_round_trip_restores_python_numpy_torch_and_pyro",
+                 "test_resume_continues_python_and_numpy_random_streams")
+_GAPS_CAL = _ids(GAPS, "test_coverage_is_the_share_of_rows_inside_each_central_interval",
+                 "test_pit_is_the_predictive_cdf_at_the_observation",
+                 "test_calibration_verdict_flags_ten_to_twenty_percent_spread_errors",
+                 "test_calibration_tolerance_argument_moves_the_verdict")
+
 #: module → the tests that exercise it, fastest and most exact first (``pytest -x`` stops a
 #: killed mutant at its first failure, so a survivor costs the whole selection)
 MODULES: dict[str, list[str]] = {
     "models/ema.py": [
-        EXTRA, GAPS,
+        EXTRA, *_GAPS_TRAINER,
         *_ids("tests/test_training.py", "test_ema_update_exact_and_gradient_free",
               "test_ema_target_not_trainable", "test_tau_schedules",
               "test_target_variance_gets_gradient_and_mean_does_not"),
@@ -79,16 +92,15 @@ MODULES: dict[str, list[str]] = {
               "test_tau_zero_target_is_stop_gradient_copy_of_context_encoder"),
     ],
     "models/vjepa.py": [
-        GAPS, "tests/test_vjepa_elbo.py", EXTRA,
+        *_GAPS_TRAINER, "tests/test_vjepa_elbo.py",
         *_ids("tests/test_training.py", "test_target_variance_gets_gradient_and_mean_does_not",
               "test_predict_shapes", "test_fit_is_seeded", "test_checkpoint_round_trip"),
         "tests/test_fuzz.py::test_known_holes",
     ],
-    "models/heads.py": [
-        EXTRA, "tests/test_vjepa_elbo.py", GAPS, "tests/test_training.py::test_predict_shapes",
-    ],
-    "models/bjepa.py": [GAPS, EXTRA, "tests/test_priors.py", *_BJEPA],
-    "bjepa/priors.py": ["tests/test_priors.py", GAPS, EXTRA, *_BJEPA],
+    "models/heads.py": [EXTRA, "tests/test_vjepa_elbo.py",
+                        "tests/test_training.py::test_predict_shapes"],
+    "models/bjepa.py": [*_GAPS_PRIOR, "tests/test_priors.py", *_BJEPA],
+    "bjepa/priors.py": ["tests/test_priors.py", *_GAPS_PRIOR, *_BJEPA],
     "bjepa/metrics.py": [
         EXTRA, "tests/test_validation.py::test_probe_errors",
         *_ids("tests/test_restarts.py",
@@ -99,10 +111,11 @@ MODULES: dict[str, list[str]] = {
         "tests/test_noisy_tv.py::test_canonical_directions_recover_shared_subspace",
         "tests/test_fuzz.py::test_fuzz_linear_probe",
     ],
-    "bjepa/diagnostics/calibration.py": [GAPS, "tests/test_calibration_exact.py", *_DIAG_CAL],
+    "bjepa/diagnostics/calibration.py": ["tests/test_calibration_exact.py", *_GAPS_CAL,
+                                         *_DIAG_CAL],
     "bjepa/diagnostics/collapse.py": ["tests/test_collapse_exact.py", *_DIAG_COLLAPSE],
     "inference/checkpoint.py": [
-        GAPS, EXTRA,
+        *_GAPS_RNG,
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
               "test_malicious_checkpoint_refused"),
         *_CKPT,
