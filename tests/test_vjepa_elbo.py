@@ -88,3 +88,14 @@ def test_guide_sites_match_model_latents():
     guided = {n for n, s in g.nodes.items() if s["type"] == "sample"
               and not n.startswith("data")}
     assert latent == guided == {"z_target"}
+
+
+@pytest.mark.parametrize("s0", [1e-3, 0.1, 0.3, 2.0, 50.0])
+def test_target_scale_starts_at_target_scale_init(s0):
+    """The variance head starts homoscedastic at σ_θ' = target_scale_init (the softplus
+    inverse of the bias, plus the heads' small floor)."""
+    from bjepa.models.heads import MIN_SCALE
+
+    m = VJEPA(5, 2, target_scale_init=s0)
+    sd = m.target_dist(torch.randn(9, 5)).stddev
+    torch.testing.assert_close(sd, torch.full_like(sd, s0 + MIN_SCALE), rtol=1e-5, atol=1e-7)
