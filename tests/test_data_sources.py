@@ -305,3 +305,20 @@ def test_a_3d_tensor_given_to_fit_points_to_make_pairs():
     ctx, tgt = make_pairs(x).tensors()
     assert ctx.shape == (18, 3)
     VJEPA(3, 2).check_inputs(ctx, tgt)
+
+
+def test_action_columns_ride_along_as_the_packed_context(tmp_path):
+    from bjepa.models import ActionVJEPA
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x0": rng.normal(size=40), "x1": rng.normal(size=40),
+                       "u": np.arange(40.0), "t": np.arange(40)})
+    df.to_csv(tmp_path / "a.csv", index=False)
+    seqs = load(tmp_path / "a.csv", columns=["x0", "x1"], action_cols=["u"], time_col="t")
+    assert seqs.action_columns == ["u"] and seqs.actions.shape == (40, 1)
+    ctx, tgt = make_pairs(seqs, horizon=1).tensors()
+    assert ctx.shape == (39, 3) and tgt.shape == (39, 2)
+    assert ctx[:, 2].tolist() == list(range(39))  # u_t sits with x_t
+    model = ActionVJEPA(2, 2, action_dim=1)
+    model.check_inputs(ctx, tgt)
+    assert torch.equal(model.pack(ctx[:, :2], ctx[:, 2:]), ctx)
