@@ -96,6 +96,7 @@ def test_thresholds_are_strict_at_their_boundaries():
     assert edge.active == [False] * 3 and edge.verdict == "collapsed"
     assert any(s.startswith("no active units: in every dimension the input explains ≤ 1 %")
                for s in edge.reasons)
+    assert not any("½ bit" in s for s in edge.reasons)  # no active unit: nothing to weigh
 
 
 def test_healthy_partial_and_floor_verdicts():
@@ -190,3 +191,8 @@ def test_collapse_diagnostics_measures_kl_against_the_models_own_prior():
     torch.testing.assert_close(torch.tensor(r.posterior_variance_prior_units,
                                             dtype=torch.float64),
                                q.variance.mean(0).detach() / 4.0)
+    # the variance-floor check reads the predictive scale from the model itself
+    sd = m.predict(x[:-1]).stddev
+    torch.testing.assert_close(torch.tensor(r.predictive_sd_median, dtype=torch.float64),
+                               sd.median(0).values)
+    assert r.floor_share == [0.0, 0.0]
