@@ -8,8 +8,11 @@ import torch
 from bjepa._validation import check_tensor
 
 __all__ = [
+    "LogisticProbe",
     "canonical_directions",
     "linear_probe_r2",
+    "logistic_probe",
+    "logistic_probe_accuracy",
     "predictive_information",
     "r2_score",
 ]
@@ -120,3 +123,83 @@ def predictive_information(a: torch.Tensor, b: torch.Tensor, *, ridge: float = 1
     _, rho = canonical_directions(a, b, min(a.shape[1], b.shape[1]), ridge=ridge)
     rho = rho.double().clamp(0.0, 1.0 - 1e-12)
     return max(float(-0.5 * torch.log1p(-rho.pow(2)).sum()), 0.0)
+
+
+def _check_labels(name: str, y: torch.Tensor, rows: int) -> None:
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point() \
+            or y.dtype == torch.bool:
+        raise ValueError(f"{name} must be a 1-d integer tensor of class labels, got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} of shape "
+                         f"{tuple(getattr(y, 'shape', ()))}")
+    if y.shape[0] != rows:
+        raise ValueError(f"{name} needs one label per row of z: {y.shape[0]} vs {rows}")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name} must hold class labels >= 0")
+
+
+class LogisticProbe:
+    """A multinomial logistic-regression read-out fitted by :func:`logistic_probe`: features
+    are standardised with the training statistics, then ``softmax(W z + b)``."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor) -> None:
+        self.mean, self.std, self.weight, self.bias = mean, std, weight, bias
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor("z", z, ndim=2, last_dim=self.weight.shape[1])
+        z = (z.double().to(self.mean.device) - self.mean) / self.std
+        return z @ self.weight.T + self.bias
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """The most probable class of each row."""
+        return self.logits(z).argmax(-1).cpu()
+
+    def accuracy(self, z: torch.Tensor, y: torch.Tensor) -> float:
+        """Fraction of rows whose predicted class is ``y``."""
+        _check_labels("y", y, z.shape[0])
+        return float((self.predict(z) == y.cpu()).double().mean())
+
+
+def logistic_probe(z_train: torch.Tensor, y_train: torch.Tensor, *, num_classes: int | None = None,
+                   l2: float = 1e-3, max_iter: int = 200) -> LogisticProbe:
+    """Fit a multinomial logistic regression from ``z_train`` ``(N, D)`` to integer labels
+    ``y_train`` ``(N,)`` by L-BFGS on the mean cross-entropy plus ``l2 · ||W||²`` (features
+    standardised with the training statistics, intercept unpenalised).
+
+    Example::
+
+        probe = logistic_probe(model.encode(train.obs), train.next_label)
+        probe.accuracy(model.encode(test.obs), test.next_label)
+    """
+    check_tensor("z_train", z_train, ndim=2)
+    _check_labels("y_train", y_train, z_train.shape[0])
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    k = int(num_classes if num_classes is not None else int(y_train.max()) + 1)
+    z = z_train.detach().double().cpu()
+    y = y_train.detach().long().cpu()
+    mean, std = z.mean(0), z.std(0).clamp_min(1e-8)
+    x = (z - mean) / std
+    weight = torch.zeros(k, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, y) \
+            + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return LogisticProbe(mean, std, weight.detach(), bias.detach())
+
+
+def logistic_probe_accuracy(z_train: torch.Tensor, y_train: torch.Tensor, z_test: torch.Tensor,
+                            y_test: torch.Tensor, *, l2: float = 1e-3) -> float:
+    """Test accuracy of a :func:`logistic_probe` fitted on ``(z_train, y_train)``."""
+    num_classes = int(max(int(y_train.max()), int(y_test.max()))) + 1
+    return logistic_probe(z_train, y_train, num_classes=num_classes, l2=l2).accuracy(z_test,
+                                                                                     y_test)

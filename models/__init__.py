@@ -8,6 +8,8 @@ from bjepa.models.heads import HEADS, make_head, register_head
 from bjepa.models.jepa import JEPA
 from bjepa.models.mixture import MixtureDensityHead, register_mdn
 from bjepa.models.registry import available_models, build_model, register_model
+from bjepa.models.rssm import RSSM
+from bjepa.models.state_space import KalmanOracle, LinearGaussianSSM
 from bjepa.models.vae import VAE, AutoRegressive
 from bjepa.models.vjepa import VJEPA
 
@@ -18,6 +20,9 @@ __all__ = [
     "ENCODERS",
     "HEADS",
     "JEPA",
+    "KalmanOracle",
+    "LinearGaussianSSM",
+    "RSSM",
     "VAE",
     "VJEPA",
     "AutoRegressive",
