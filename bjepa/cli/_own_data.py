@@ -169,21 +169,11 @@ def _auto_frames(cfg: dict[str, Any], frame_dim: int) -> int:
 
 
 def build_model(cfg: dict[str, Any], obs_dim: int) -> Any:
-    from bjepa import models
+    """The run's model from the registry (:mod:`bjepa.models.registry`)."""
+    from bjepa.models.registry import build_model as build
 
-    name, common = cfg["model"], {"encoder": cfg["encoder"]}
-    lat = cfg["latent_dim"]
-    if name == "vjepa":
-        return models.VJEPA(obs_dim, lat, beta=cfg["beta"], tau=cfg["tau"], **common)
-    if name == "bjepa":
-        return models.BJEPA(obs_dim, lat, beta=cfg["beta"], tau=cfg["tau"], **common)
-    if name == "jepa":
-        return models.JEPA(obs_dim, lat, tau=cfg["tau"], **common)
-    if name == "vae":
-        return models.VAE(obs_dim, lat, **common)
-    if name == "ar":
-        return models.AutoRegressive(obs_dim, lat, **common)
-    raise ValueError(f"unknown --model {name!r}")
+    return build(cfg["model"], obs_dim, cfg["latent_dim"],
+                 settings={"encoder": cfg["encoder"], "beta": cfg["beta"], "tau": cfg["tau"]})
 
 
 def _subset(pairs: Any, limit: int) -> Any:
