@@ -213,7 +213,8 @@ def fit(
     :param log_every: record (and stream) metrics every this many steps.
     :param eval_every: steps between evaluations of the ELBO's parts (``nll_<site>``,
         ``kl_<site>`` in the record, per observation, on that step's mini-batch) and of the
-        validation loss; default ``log_every``, or ``steps // 100`` when ``log_every`` is 1.
+        validation loss; default: about ``steps // 20`` (20 evaluations a run, each costing
+        about a third of a step), rounded up to a multiple of ``log_every``.
         The last step is always evaluated. Evaluations run on a fork of the RNG.
     :param metrics_path: if given, append one JSON line per record to this file.
     :param metrics_tags: extra keys (e.g. model, seed) written into every streamed record.
@@ -319,7 +320,7 @@ def fit(
     if loader and elbo.startswith("jit-") and requested == "auto":
         elbo = elbo.removeprefix("jit-")  # streamed batches may change size: stay eager
     if eval_every is None:
-        eval_every = log_every if log_every > 1 else max(steps // 100, 1)
+        eval_every = -(-max(steps // 20, 1) // log_every) * log_every  # a multiple of it
     settings = FitSettings(steps=steps, lr=lr, batch_size=batch_size, seed=seed, elbo=elbo,
                            num_particles=num_particles, warmup_steps=warmup_steps,
                            log_every=log_every, eval_every=check_positive_int(

@@ -430,7 +430,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
             metrics_tags=metrics_tags, callback=callback, batch_size=batch_size)
     batch_size = checked  # None when it covers the whole data set
     if eval_every is None:
-        eval_every = log_every if log_every > 1 else max(steps // 100, 1)
+        eval_every = -(-max(steps // 20, 1) // log_every) * log_every  # a multiple of it
     n = ctx_all.shape[1]
     chunk = auto_chunk(r_total, n, ctx_all.shape[2]) if replicas is None else \
         check_positive_int("replicas", replicas)
