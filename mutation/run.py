@@ -101,8 +101,8 @@ MODULES: dict[str, list[str]] = {
                         "tests/test_training.py::test_predict_shapes"],
     "models/bjepa.py": [*_GAPS_PRIOR, "tests/test_priors.py", *_BJEPA,
                         "tests/test_prior_io.py"],
-    "bjepa/priors.py": ["tests/test_priors.py", *_GAPS_PRIOR, "tests/test_prior_io.py",
-                        *_BJEPA],
+    "bjepa/priors.py": ["tests/test_priors_exact.py", "tests/test_priors.py", *_GAPS_PRIOR,
+                        "tests/test_prior_io.py", *_BJEPA],
     "bjepa/metrics.py": [
         EXTRA, "tests/test_validation.py::test_probe_errors",
         *_ids("tests/test_restarts.py",
