@@ -34,9 +34,9 @@ from torch.distributions import Distribution
 
 from bjepa._validation import check_positive_int, check_tensor
 from bjepa.models.base import (
-    _features,
     canonical_directions,
     init_input_layer,
+    last_layer_inputs,
     last_linear,
     to_pyro,
 )
@@ -149,7 +149,7 @@ class ActionVJEPA(VJEPA):
         x, u = self.split(context)
         encoder = self.context_encoder
         init_input_layer(encoder, x, target)
-        a, b = _features(encoder, x), _features(encoder, target)
+        a, b = last_layer_inputs(encoder, x), last_layer_inputs(encoder, target)
         weight, rho = canonical_directions(b, torch.cat([a, u.to(a)], dim=1), self.latent_dim)
         layer = last_linear(encoder)
         layer.weight.copy_(weight.to(layer.weight))

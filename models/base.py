@@ -38,6 +38,7 @@ __all__ = [
     "WorldModel",
     "canonical_directions",
     "init_input_layer",
+    "last_layer_inputs",
     "last_linear",
     "per_row_loss",
     "rows",
@@ -110,7 +111,7 @@ def last_linear(module: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def last_layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Inputs of the final linear layer (``x`` itself for a linear encoder)."""
     last = last_linear(module)
     captured: list[torch.Tensor] = []
@@ -343,7 +344,7 @@ class WorldModel(PyroModule):
         """
         encoder = self.context_encoder
         init_input_layer(encoder, context, target)
-        a, b = _features(encoder, context), _features(encoder, target)
+        a, b = last_layer_inputs(encoder, context), last_layer_inputs(encoder, target)
         if a.shape[1] < self.latent_dim:
             raise ValueError(
                 f"init='cca' needs latent_dim <= the encoder's feature size {a.shape[1]}, got "

@@ -127,7 +127,7 @@ def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[s
     }
 
 
-def _finished_row(path: Any) -> dict[str, Any] | None:
+def finished_row(path: Any) -> dict[str, Any] | None:
     """The results row stored in a finished run's model checkpoint (``None`` if it has none)."""
     row = load_checkpoint(path).get("meta", {}).get("row")
     return dict(row) if isinstance(row, dict) else None
@@ -162,7 +162,7 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
 
     def finished(p: GridPoint) -> dict[str, Any] | None:
         final = _final_path(folder, p.model, p.setting, p.seed)
-        return _finished_row(final) if resume and final.exists() else None
+        return finished_row(final) if resume and final.exists() else None
 
     def run_one(p: GridPoint) -> dict[str, Any]:
         return _train_one(p.model, p.setting, p.seed, cfg, *split(p.setting, p.seed), folder,

@@ -30,7 +30,7 @@ from bjepa._validation import check_nonnegative, check_positive_int
 from bjepa.data import noisy_tv
 from bjepa.diagnostics import calibrate, collapse_diagnostics, fit_linear_probe
 from bjepa.experiments.grid import summarise_rows
-from bjepa.experiments.noisy_tv import _finished_row, probe
+from bjepa.experiments.noisy_tv import finished_row, probe
 from bjepa.inference import fit
 from bjepa.inference.checkpoint import save_checkpoint
 from bjepa.inference.fit import set_seed
@@ -247,7 +247,7 @@ def run_grid(cfg: SweepConfig, param: str, values: Sequence[Any], build: Builder
                 key = f"{param}{str(value).replace(':', '_')}-sigma{sigma:g}-seed{seed}"
                 final = folder.file(f"checkpoints/{key}.pt") if folder else None
                 ckdir = folder.file(f"checkpoints/{key}") if folder else None
-                row = _finished_row(final) if resume and final.exists() else None
+                row = finished_row(final) if resume and final.exists() else None
                 if row is None:
                     if ckdir is not None and not resume:
                         shutil.rmtree(ckdir, ignore_errors=True)
