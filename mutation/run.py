@@ -118,7 +118,7 @@ MODULES: dict[str, list[str]] = {
                                          *_DIAG_CAL],
     "bjepa/diagnostics/collapse.py": ["tests/test_collapse_exact.py", *_DIAG_COLLAPSE],
     "inference/checkpoint.py": [
-        *_GAPS_RNG,
+        "tests/test_checkpoint_exact.py", *_GAPS_RNG,
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
               "test_malicious_checkpoint_refused"),
         *_CKPT,
