@@ -52,6 +52,10 @@ class Callback:
     #: whether :meth:`on_record` may stop training (the loop then shares its decision with
     #: every process)
     can_stop: bool = False
+    #: whether it changes the model's Python-side settings during training (e.g. β): a compiled
+    #: ELBO would keep the values it was traced with, so ``elbo="auto"`` then stays eager and
+    #: an explicit ``"jit-…"`` ELBO is refused
+    needs_eager_elbo: bool = False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         """Before the first step (after a resume restored the state)."""

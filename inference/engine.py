@@ -376,6 +376,8 @@ class Trainer:
         self.history = TrainingHistory(elbo=settings.elbo)
         self.start_step = 0
         self.step = 0
+        #: the model/guide arguments of the step in progress (or the last one)
+        self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.manager: CheckpointManager | None = None
         self._saved_at = -1
         self._elapsed = 0.0
@@ -483,8 +485,16 @@ class Trainer:
                         latest, self.start_step, self.settings.steps)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, args: tuple[Any, ...], kwargs: dict[str, Any], step: int
-                 ) -> dict[str, float]:
+    def step_parts(self) -> dict[str, float]:
+        """The ELBO's parts (per observation) of the last step's inputs, evaluated now on a fork
+        of the RNG — for callbacks that steer training (e.g. an adaptive β); ``{}`` before the
+        first step or when the model diverged."""
+        if self.last_inputs is None:
+            return {}
+        return self.evaluate(*self.last_inputs, self.step, validation=False)
+
+    def evaluate(self, args: tuple[Any, ...], kwargs: dict[str, Any], step: int, *,
+                 validation: bool = True) -> dict[str, float]:
         """The ELBO's parts on this step's inputs and the validation loss, per observation, on
         forks of the RNG (the training trajectory does not change)."""
         from bjepa.inference.svi import elbo_parts
@@ -503,7 +513,7 @@ class Trainer:
             except ValueError as err:  # a diverging model: the step's own policy handles it
                 if not is_nonfinite_validation_error(err):
                     raise
-            if self.val is not None:
+            if validation and self.val is not None:
                 vc, vt = self.val
                 out["val_loss"] = per_row_loss(TraceMeanField_ELBO(), self.model, vc, vt,
                                                seed=self.settings.seed or 0)
@@ -550,6 +560,7 @@ class Trainer:
                     self.step, in_step = step, True
                     model.freeze_encoder = step < warmup
                     args, kwargs = self.batches.next()
+                    self.last_inputs = (args, kwargs)
                     try:
                         loss = strategy.step(step, args, kwargs)
                     except NonFiniteLossError as err:
