@@ -90,12 +90,20 @@ def test_guide_sites_match_model_latents():
     assert latent == guided == {"z_target"}
 
 
+@pytest.mark.parametrize("encoder", ["linear", "mlp"])
 @pytest.mark.parametrize("s0", [1e-3, 0.1, 0.3, 2.0, 50.0])
-def test_target_scale_starts_at_target_scale_init(s0):
+def test_target_scale_starts_at_target_scale_init(s0, encoder):
     """The variance head starts homoscedastic at σ_θ' = target_scale_init (the softplus
-    inverse of the bias, plus the heads' small floor)."""
+    inverse of its last bias, plus the heads' small floor)."""
     from bjepa.models.heads import MIN_SCALE
 
-    m = VJEPA(5, 2, target_scale_init=s0)
+    m = VJEPA(5, 2, target_scale_init=s0, encoder=encoder, hidden_dim=8)
     sd = m.target_dist(torch.randn(9, 5)).stddev
     torch.testing.assert_close(sd, torch.full_like(sd, s0 + MIN_SCALE), rtol=1e-5, atol=1e-7)
+
+
+def test_target_scale_init_bounds():
+    VJEPA(4, 2, target_scale_init=1e6)  # the largest accepted
+    for bad in (0.0, -1.0, 1.0000001e6):
+        with pytest.raises(ValueError, match="target_scale_init"):
+            VJEPA(4, 2, target_scale_init=bad)
