@@ -14,7 +14,7 @@ identification (canonical directions between ``x_t`` and ``x_{t+1}``, then least
 
 Both models represent frame ``x_t`` by the one-step predicted state mean
 ``E[z_{t+1} | x_{≤t}]`` from a Kalman filter run over the whole trajectory, so rows passed to
-:meth:`encode` must be consecutive frames of one trajectory. Training pairs ``(x_t, x_{t+1})``
+``encode`` must be consecutive frames of one trajectory. Training pairs ``(x_t, x_{t+1})``
 are consecutive rows too (``fit(model, obs[:-1], obs[1:])``); the model cuts the context into
 windows of ``window`` frames.
 
