@@ -256,3 +256,103 @@ def test_fit_linear_probe_is_least_squares_and_affine_pushes_forecasts_through_i
         fc.affine(coef[:2], intercept)
     with pytest.raises(TypeError):
         fc.affine(coef, intercept, None, 100)  # num_samples is keyword-only
+
+
+def test_forecasts_from_every_kind_of_predictive():
+    from torch.distributions import (
+        Categorical,
+        Independent,
+        MixtureSameFamily,
+        MultivariateNormal,
+        Normal,
+        StudentT,
+    )
+
+    from bjepa.diagnostics.calibration import Forecast, as_forecast
+
+    g = torch.Generator().manual_seed(7)
+    loc = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    cov = torch.tensor([[2.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+    y = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    # a full-covariance Gaussian: its marginals, and the joint density for the NLL
+    mvn = MultivariateNormal(loc, covariance_matrix=cov)
+    fc = as_forecast(mvn)
+    assert fc.kind == "gaussian" and fc.has_density
+    torch.testing.assert_close(fc.mean, loc)
+    torch.testing.assert_close(fc.variance, torch.diagonal(cov).expand(4, 2))
+    torch.testing.assert_close(fc.log_prob(y), mvn.log_prob(y))
+    # a mixture of diagonal Gaussians with per-row weights
+    probs = torch.tensor([[0.2, 0.8], [0.5, 0.5], [0.9, 0.1], [0.3, 0.7]], dtype=torch.float64)
+    comp_loc = torch.randn(4, 2, 2, generator=g, dtype=torch.float64)
+    comp_sd = 0.5 + torch.rand(4, 2, 2, generator=g, dtype=torch.float64)
+    mix = MixtureSameFamily(Categorical(probs=probs),
+                            Independent(Normal(comp_loc, comp_sd), 1))
+    fc = as_forecast(mix)
+    assert fc.kind == "gaussian mixture"
+    torch.testing.assert_close(fc.weights, probs.T)
+    torch.testing.assert_close(fc.mean, mix.mean)
+    torch.testing.assert_close(fc.variance, mix.variance)
+    torch.testing.assert_close(fc.log_prob(y), mix.log_prob(y))
+    # an equal-weight list of Gaussians is the same as that mixture
+    parts = [Independent(Normal(comp_loc[:, k], comp_sd[:, k]), 1) for k in range(2)]
+    fl = as_forecast(parts)
+    even = MixtureSameFamily(Categorical(probs=torch.full((4, 2), 0.5, dtype=torch.float64)),
+                             Independent(Normal(comp_loc, comp_sd), 1))
+    torch.testing.assert_close(fl.mean, even.mean)
+    torch.testing.assert_close(fl.cdf(y), as_forecast(even).cdf(y))
+    torch.testing.assert_close(fl.log_prob(y), even.log_prob(y))
+    assert fl.sample(7).shape == (7, 4, 2)
+    # anything else is reduced to draws; a tensor of draws has no density
+    t = Independent(StudentT(5.0, loc, torch.ones_like(loc)), 1)
+    torch.manual_seed(0)
+    fs = as_forecast(t, num_samples=4000)
+    assert fs.kind == "samples" and fs.has_density and fs.samples.shape == (4000, 4, 2)
+    torch.testing.assert_close(fs.mean, loc, atol=0.1, rtol=0)
+    torch.testing.assert_close(fs.log_prob(y), t.log_prob(y))
+    ft = as_forecast(torch.randn(50, 4, 2, dtype=torch.float64))
+    assert ft.kind == "samples" and not ft.has_density and ft.log_prob(y) is None
+    assert ft.sample(50).shape == (50, 4, 2)
+    assert as_forecast(fc) is fc
+    mixed = as_forecast([parts[0], t], num_samples=300)  # not all Gaussian: draws of both
+    assert mixed.kind == "samples" and mixed.samples.shape == (300, 4, 2)
+    # a mixture of Gaussians too large for the exact pair sum draws from its marginals
+    big = Forecast(loc=comp_loc.transpose(0, 1), scale=comp_sd.transpose(0, 1))
+    assert big.sample(9).shape == (9, 4, 2)
+
+
+def test_forecast_arguments_are_checked():
+    from torch.distributions import Normal
+
+    from bjepa.diagnostics.calibration import Forecast, as_forecast
+
+    loc = torch.zeros(1, 3, 2)
+    with pytest.raises(ValueError, match="either loc/scale"):
+        Forecast()
+    with pytest.raises(ValueError, match="either loc/scale"):
+        Forecast(loc=loc, scale=torch.ones_like(loc), samples=torch.zeros(2, 3, 2))
+    with pytest.raises(ValueError, match=r"\(K, N, D\)"):
+        Forecast(loc=loc, scale=torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match=r"\(K, N, D\)"):
+        Forecast(loc=loc[0], scale=torch.ones(3, 2))
+    with pytest.raises(ValueError, match="positive"):
+        Forecast(loc=loc, scale=torch.zeros_like(loc))
+    with pytest.raises(ValueError, match="weights"):
+        Forecast(loc=loc, scale=torch.ones_like(loc), weights=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="S >= 2"):
+        Forecast(samples=torch.zeros(1, 3, 2))
+    with pytest.raises(ValueError, match="batch shape"):
+        as_forecast(Normal(torch.zeros(3, 2), 1.0))  # per-dimension: needs .to_event(1)
+    with pytest.raises(TypeError, match="predictive"):
+        as_forecast("gaussian")
+    with pytest.raises(TypeError, match="predictive"):
+        as_forecast([])
+    fc = Forecast(loc=loc, scale=torch.ones_like(loc))
+    with pytest.raises(ValueError, match="observed must have shape"):
+        fc.cdf(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="at least one"):
+        Forecast.mixture([])
+    from torch.distributions import Independent
+
+    with pytest.raises(ValueError, match="same shape"):
+        Forecast.mixture([Independent(Normal(torch.zeros(3, 2), 1.0), 1),
+                          Independent(Normal(torch.zeros(4, 2), 1.0), 1)])
