@@ -322,3 +322,24 @@ def test_action_columns_ride_along_as_the_packed_context(tmp_path):
     model = ActionVJEPA(2, 2, action_dim=1)
     model.check_inputs(ctx, tgt)
     assert torch.equal(model.pack(ctx[:, :2], ctx[:, 2:]), ctx)
+
+
+@pytest.mark.parametrize("layout", ["npy", "npy3d", "npz"])
+def test_streamed_batches_are_positional_reads_of_the_mapped_file(tmp_path, layout):
+    from bjepa.data.streaming import PairDataset
+
+    x = np.random.default_rng(0).normal(size=(4, 50, 3)).astype(np.float32)
+    if layout == "npz":
+        np.savez(tmp_path / "x.npz", x=x.reshape(200, 3))
+        seqs = load(tmp_path / "x.npz")
+    else:
+        np.save(tmp_path / "x.npy", x if layout == "npy3d" else x.reshape(200, 3))
+        seqs = load(tmp_path / "x.npy")
+    pairs = make_pairs(seqs, context_frames=3, horizon=2)
+    ds = PairDataset(pairs)
+    assert ds._rows is not None  # pread from the file, not faults through the map
+    idx = np.array([0, 5, 44, len(pairs) - 1])
+    ctx, tgt = ds[idx]
+    want_c, want_t, _ = pairs.batch(idx)
+    assert np.array_equal(ctx.numpy(), want_c) and np.array_equal(tgt.numpy(), want_t)
+    assert PairDataset(make_pairs(x.reshape(200, 3)))._rows is None  # in memory: plain reads

@@ -2,9 +2,11 @@
 
 :func:`make_loader` builds a :class:`torch.utils.data.DataLoader` over :class:`~bjepa.data.Pairs`
 that :func:`bjepa.inference.fit` cycles (``fit(model, loader, ...)``;
-``len(loader.dataset)`` is the number of pairs). Each batch is one vectorised read of the rows it
-needs — never the whole file — and the pages read are released from the process's resident set
-every ``release_every`` bytes, so a file larger than RAM trains with bounded memory.
+``len(loader.dataset)`` is the number of pairs). Each batch reads only the rows it needs —
+never the whole file: from a memory-mapped ``.npy``/``.npz`` one positional read (``pread``) of
+the mapped file per pair (:class:`FileRows`; faulting random rows in through the map would keep
+far more than them resident), so a file larger than RAM trains with bounded memory; other arrays
+are indexed directly (a map's pages are then released every ``release_every`` bytes).
 
 - ``num_workers`` worker processes read ahead while the model trains;
 - ``pin_memory`` (default: on when CUDA is available) speeds copies to the GPU;
@@ -15,13 +17,16 @@ every ``release_every`` bytes, so a file larger than RAM trains with bounded mem
 Example::
 
     data = load_pairs("big.npy", val_frac=0.01)
-    model.standardizer = data.standardizer
-    fit(model, make_loader(data.train, 4096, num_workers=2), steps=10_000)
+    model.standardizer = data.standardizer   # for encode/predict on raw data later
+    loader = make_loader(data.train, 4096, num_workers=2, standardizer=data.standardizer)
+    fit(model, loader, steps=10_000)         # fit feeds loader batches to the model as they are
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,10 +38,63 @@ from bjepa.data.pairs import Pairs
 from bjepa.data.sources import DataError, release_pages
 from bjepa.models.preprocess import Standardizer
 
-__all__ = ["PairDataset", "ShuffledBatches", "make_loader"]
+__all__ = ["FileRows", "PairDataset", "ShuffledBatches", "make_loader"]
 
-#: bytes read between two releases of memory-mapped pages
+#: resident bytes a loader may accumulate from a memory map before it releases them
 RELEASE_EVERY = 128 << 20
+#: a memory page: a row read from a memory map may keep a whole page resident
+PAGE = 4096
+
+
+class FileRows:
+    """Positional reads (``pread``) of rows of a C-ordered, memory-mapped array from its file.
+
+    Reading random rows *through* a memory map leaves far more than the rows resident (the
+    kernel maps whole page-cache folios around every fault: about 1.3 GiB for one batch of 4096
+    random rows of 256 bytes, measured), so batches are read from the mapped file with one
+    ``pread`` per pair instead; the map itself stays untouched. Each process (a loader worker
+    after ``fork``) opens the file for itself.
+
+    :raises ValueError: when ``values`` is not a row-contiguous view of a file-backed map.
+    """
+
+    def __init__(self, values: np.ndarray) -> None:
+        root: Any = values
+        while isinstance(getattr(root, "base", None), np.ndarray):
+            root = root.base
+        filename = getattr(values, "filename", None) or getattr(root, "filename", None)
+        if not isinstance(root, np.memmap) or filename is None or values.ndim != 2:
+            raise ValueError("not a file-backed memory map")
+        row = values.shape[1] * values.itemsize
+        if values.strides != (row, values.itemsize) or values.dtype.byteorder not in "=|":
+            raise ValueError("rows are not contiguous in native byte order")
+        start = values.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+        self.filename, self.dtype, self.cols = str(filename), values.dtype, values.shape[1]
+        self.offset, self.row = int(root.offset) + int(start), row
+        self._fd: int | None = None
+        self._pid = -1
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd, self._pid = os.open(self.filename, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def runs(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """``(len(starts), length, D)``: rows ``s … s + length − 1`` for every ``s``."""
+        fd, size = self._file(), length * self.row
+        buf = np.empty((len(starts), size), dtype=np.uint8)
+        for i, s in enumerate(starts.tolist()):
+            if os.preadv(fd, [buf[i]], self.offset + s * self.row) != size:
+                raise OSError(f"{self.filename}: short read at row {s}")
+        return buf.view(self.dtype).reshape(len(starts), length, self.cols)
+
+    def __getstate__(self) -> dict[str, Any]:  # a worker opens its own descriptor
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
 
 class PairDataset(Dataset):
@@ -49,7 +107,8 @@ class PairDataset(Dataset):
         its own standardiser); by default raw values are returned and the model's
         :attr:`~bjepa.models.base.WorldModel.standardizer` rescales them.
     :param dtype: tensor dtype of the batches.
-    :param release_every: bytes read between releases of memory-mapped pages.
+    :param release_every: resident bytes (counted as a page per row read) between releases of
+        memory-mapped pages.
     """
 
     def __init__(self, pairs: Pairs, *, standardizer: Standardizer | None = None,
@@ -66,6 +125,27 @@ class PairDataset(Dataset):
         self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.release_every = int(release_every)
         self._read = 0
+        self._rows: FileRows | None = None
+        if pairs.seqs.actions is None:
+            with contextlib.suppress(ValueError):
+                self._rows = FileRows(pairs.seqs.values)
+
+    def _batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        p = self.pairs
+        if self._rows is None:
+            ctx, tgt, act = p.batch(idx, self._np_dtype)
+            # pages a read leaves resident through the map: released every release_every bytes
+            self._read += (len(idx) * 2 * p.k + (act is not None) * len(idx)) * (
+                p.seqs.values.strides[0] + PAGE)
+            if self._read >= self.release_every:
+                self._read = 0
+                release_pages(p.seqs.values)
+            return ctx, tgt, act
+        t = p.last_rows(idx)
+        runs = self._rows.runs(t - p.k + 1, p.k + p.horizon)  # x_{t-k+1} … x_{t+Δ}
+        ctx = runs[:, :p.k].reshape(len(idx), -1).astype(self._np_dtype)
+        tgt = runs[:, p.horizon:p.horizon + p.k].reshape(len(idx), -1).astype(self._np_dtype)
+        return ctx, tgt, None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -73,16 +153,12 @@ class PairDataset(Dataset):
     def __getitem__(self, idx: Any) -> tuple[torch.Tensor, torch.Tensor]:
         single = np.ndim(idx) == 0
         idx = np.sort(np.atleast_1d(np.asarray(idx, dtype=np.int64)))
-        ctx, tgt, act = self.pairs.batch(idx, self._np_dtype)
+        ctx, tgt, act = self._batch(idx)
         if self.standardizer is not None:
             ctx = self.standardizer.apply_numpy(ctx, self._np_dtype)
             tgt = self.standardizer.apply_numpy(tgt, self._np_dtype)
         if act is not None:
             ctx = np.concatenate([ctx, act], axis=1)
-        self._read += ctx.nbytes + tgt.nbytes
-        if self._read >= self.release_every:
-            self._read = 0
-            release_pages(self.pairs.seqs.values)
         c, t = torch.from_numpy(ctx), torch.from_numpy(tgt)
         return (c[0], t[0]) if single else (c, t)
 
