@@ -11,9 +11,12 @@ enters the ELBO as ``γ · KL(p_like(· | z_C) ‖ p_struct(· | η))`` and is t
 model by ``fit(..., model_kwargs={"eta": eta})``. The predictor's weights get
 ``w ~ N(0, λ²)`` with ``λ ~ HalfCauchy(1)``: the weight guide learns a posterior over λ too.
 
-At test time the trained prior is fused with the prediction (product of experts, closed form):
-when ``η`` carries information the predictor lacks, the fused prediction is closer to the
-target. The model is saved and loaded again by the prior's registered name.
+At test time the trained prior is fused with the prediction (product of experts, closed
+form) and both are scored against the target latent. Product-of-experts fusion treats the two
+as independent evidence; a prior trained towards the predictor (the KL pulls them together) on
+a side reading that the context frame already explains is not, so do not expect fusion to help
+here (docs/priors.md has the measured numbers). The model is saved and loaded again by the
+prior's registered name.
 
     python examples/conditional_prior.py --quick
 """

@@ -10,7 +10,8 @@ See docs/method.md#diagnostics.
   and a verdict (``healthy`` / ``partial collapse`` / ``collapsed``).
 - :func:`guide_psis_khat`, :func:`loo_summary` — importance-sampling diagnostics.
 - :func:`diagnose_model` / :func:`write_diagnosis` — all of it, with figures and a report;
-  :func:`diagnose_run` does it for every checkpoint of a run folder (``bjepa diagnose``).
+  :func:`diagnose_run` does it for every checkpoint of a run folder (``bjepa diagnose``), and
+  :func:`compare_runs` ranks those that score one observed space with ``az.compare``.
 
 Example::
 
@@ -48,6 +49,7 @@ from bjepa.diagnostics.plots import plot_calibration, plot_collapse
 from bjepa.diagnostics.report import Diagnosis, diagnose_model, render_markdown, write_diagnosis
 from bjepa.diagnostics.runs import (
     RunData,
+    compare_runs,
     diagnose_checkpoint,
     diagnose_run,
     find_checkpoints,
@@ -64,6 +66,7 @@ __all__ = [
     "as_forecast",
     "calibrate",
     "collapse_diagnostics",
+    "compare_runs",
     "collapse_from_moments",
     "coverage",
     "crps",
