@@ -43,8 +43,9 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
-    "sphinx.ext.viewcode",
 ]
+if os.environ.get("BJEPA_DOCS_EXECUTE") != "off":  # the quick test build skips source pages
+    extensions.append("sphinx.ext.viewcode")
 include_patterns = ["README.md", "docs/**", "benchmarks/README.md"]
 exclude_patterns = [
     ".venv", ".git", "build", "runs", "dist", "**/__pycache__", "**/.ipynb_checkpoints",
