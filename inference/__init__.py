@@ -2,6 +2,7 @@
 restarts) with its callbacks, the step primitive and ELBOs, the hooks for a plain Pyro loop,
 checkpoints, weight posteriors."""
 
+from bjepa.inference.adaptive_beta import AdaptiveBeta, CalibratedBeta, TargetRate
 from bjepa.inference.callbacks import (
     Callback,
     EarlyStopping,
@@ -31,6 +32,8 @@ from bjepa.models.ema import EMATarget, constant_tau, cosine_tau, make_tau_sched
 
 __all__ = [
     "ELBOS",
+    "AdaptiveBeta",
+    "CalibratedBeta",
     "Callback",
     "CheckpointError",
     "CompiledELBO",
@@ -48,6 +51,7 @@ __all__ = [
     "RestartResult",
     "SingleProcess",
     "Strategy",
+    "TargetRate",
     "TensorBoardLogger",
     "Trainer",
     "TrainingHistory",
