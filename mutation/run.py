@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import sqlite3
 import subprocess
@@ -218,16 +219,47 @@ def _has_specs(db: Path) -> bool:
         con.close()
 
 
+def apply_sample(db: Path, n: int, seed: int) -> list[str]:
+    """Keep a uniform random sample of ``n`` of the module's mutants (after the operator
+    filter): the others still pending are marked skipped ("not sampled"). The sample is
+    recorded next to the session, so a resumed run keeps it."""
+    record = db.with_suffix(".sample.json")
+    if record.exists():
+        return json.loads(record.read_text())
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute(
+            "select s.job_id, r.worker_outcome from mutation_specs s left join work_results r "
+            "on r.job_id = s.job_id order by s.job_id").fetchall()
+        eligible = [j for j, w in rows if (w or "").lower() != "skipped"]
+        chosen = sorted(random.Random(seed).sample(eligible, min(n, len(eligible))))
+        keep = set(chosen)
+        con.executemany(
+            "insert into work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "values ('SKIPPED', 'not sampled', NULL, NULL, ?)",
+            [(j,) for j, w in rows if w is None and j not in keep])
+        con.commit()
+    finally:
+        con.close()
+    record.write_text(json.dumps(chosen))
+    return chosen
+
+
 def summarise(db: Path) -> dict:
     con = sqlite3.connect(db)
     rows = con.execute(
-        "select s.module_path, s.operator_name, s.occurrence, s.start_pos_row, "
+        "select s.job_id, s.operator_name, s.occurrence, s.start_pos_row, "
         "r.test_outcome, r.worker_outcome, r.diff from mutation_specs s "
         "left join work_results r on r.job_id = s.job_id").fetchall()
     con.close()
-    out = {"killed": 0, "survived": [], "incompetent": 0, "pending": 0, "skipped": 0}
-    for _module, op, occ, line, test, worker, diff in rows:
-        if (worker or "").lower() == "skipped":
+    record = db.with_suffix(".sample.json")
+    sample = set(json.loads(record.read_text())) if record.exists() else None
+    out = {"killed": 0, "survived": [], "incompetent": 0, "pending": 0, "skipped": 0,
+           "sampled": None if sample is None else len(sample)}
+    for job, op, occ, line, test, worker, diff in rows:
+        if sample is not None and job not in sample:
+            out["skipped"] += 1  # outside the sample (evaluated earlier or not)
+        elif (worker or "").lower() == "skipped":
             out["skipped"] += 1
         elif test is None:
             out["pending"] += 1
@@ -257,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recheck-survivors", action="store_true",
                    help="re-run the surviving mutants of earlier sessions (after new tests)")
     p.add_argument("--no-pull", action="store_true", help="use the clone as it is")
+    p.add_argument("--sample", type=int, default=None,
+                   help="test a uniform random sample of this many mutants per module")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds per mutant; skips the baseline run that would set it")
     p.add_argument("--no-server", action="store_true",
@@ -303,10 +338,18 @@ def main(argv: list[str] | None = None) -> int:
             sh([cr, "init", str(cfg), str(db)], cwd=workdir)
             sh([str(Path(python).parent / "cr-filter-operators"), str(db), str(cfg)],
                cwd=workdir)
-        elif args.recheck_survivors:
+        if args.sample:
+            apply_sample(db, args.sample, args.seed)
+        if args.recheck_survivors:
+            record = db.with_suffix(".sample.json")
+            only = json.loads(record.read_text()) if record.exists() else None
             con = sqlite3.connect(db)
             try:
-                con.execute("delete from work_results where lower(test_outcome) = 'survived'")
+                survived = [j for (j,) in con.execute(
+                    "select job_id from work_results where lower(test_outcome) = 'survived'")
+                    if only is None or j in only]
+                con.executemany("delete from work_results where job_id = ?",
+                                [(j,) for j in survived])
                 con.commit()
             except sqlite3.OperationalError:  # no results yet: nothing to re-run
                 pass
