@@ -339,3 +339,16 @@ def test_structural_prior_conditioned_on_eta_trains_with_subsampling():
     assert len(set(rows_seen.tolist())) > 16                      # different rows per step
     with pytest.raises(ValueError, match="one row per context row"):
         model.model(x[:-1], x[1:], eta=eta[:10])
+
+
+def test_fit_passes_eta_to_the_structural_prior_in_minibatches():
+    torch.manual_seed(1)
+    n = 120
+    x = torch.randn(n + 1, OBS)
+    eta = torch.arange(n, dtype=torch.float32).unsqueeze(1) / n
+    model = BJEPA(OBS, LAT, prior=_Affine(LAT, 1), gamma=1.0)
+    fit(model, x[:-1], x[1:], steps=4, lr=0.01, batch_size=10, progress=False,
+        model_kwargs={"eta": eta})
+    seen = model.struct_prior.seen
+    assert seen and all(s.shape == (10, 1) for s in seen)
+    assert len(set(torch.cat(seen).flatten().tolist())) > 10   # rows follow the plate
