@@ -19,14 +19,15 @@ import torch
 
 from bjepa.data import noisy_tv
 from bjepa.experiments.noisy_tv import probe
-from bjepa.inference import fit
+from bjepa.inference import fit, load_model, save_checkpoint
 from bjepa.models import BJEPA
-from bjepa.priors import GoalPrior, LatentPrior
+from bjepa.priors import GoalPrior, LatentPrior, register_prior
 
 #: the quickest flags, used by tests/test_cli_examples.py
 QUICK_ARGS = ["--quick", "--num-steps", "40"]
 
 
+@register_prior("example_student_t")  # checkpoints save it by this name, without pickle
 class StudentT(LatentPrior):
     """Independent Student-t over each latent dimension."""
 
@@ -61,6 +62,13 @@ def main(args: argparse.Namespace) -> dict:
     scores = probe(model, train, test)
     print(f"BJEPA with a Student-t p_struct: signal R²={scores['signal_r2']:.3f}, "
           f"distractor R²={scores['noise_r2']:.3f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "student_t.pt", model)   # the prior by name + df, scale
+    again = load_model(out / "student_t.pt")       # any process that registered StudentT
+    print(f"reloaded: prior {type(again.struct_prior).__mro__[1].__name__}"
+          f"(df={again.struct_prior.df}), same prediction: "
+          f"{torch.equal(again.predict(test.obs[:5]).mean, model.predict(test.obs[:5]).mean)}")
 
     # 2. fusion with an energy prior (importance sampling)
     context = test.obs[:200]
@@ -83,8 +91,6 @@ def main(args: argparse.Namespace) -> dict:
         f = model.predict(context[:1], prior=GoalPrior(goal, float(s)))
         shift.append(((f.mean[0] - row) / (goal - row)).tolist())
     expected = [(like.variance[0] / (like.variance[0] + s**2)).tolist() for s in strengths]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _plot(strengths, shift, expected, out / "goal_prior_shift.png")
     print(f"wrote {out / 'goal_prior_shift.png'}")
     return {"scores": scores, "box": (out_before, out_after), "shift": shift}
