@@ -292,7 +292,12 @@ def _arviz1_python() -> str | None:
     py = venv / "bin" / "python"
     if py.exists():
         return str(py)
-    base = shutil.which("python3.12") or shutil.which("python3.13")
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [shutil.which(f"python3.{m}") for m in (12, 13, 14)]
+    candidates += [str(p) for p in sorted(root.glob("versions/3.1[2-9]*/bin/python"))]
+    base = next((c for c in candidates if c and subprocess.run(
+        [c, "-c", "import sys, venv; assert sys.version_info >= (3, 12)"],
+        capture_output=True, check=False).returncode == 0), None)
     if base is None:
         return None
     subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
@@ -334,3 +339,16 @@ def test_files_open_in_arviz_1_on_python_312(bjepa, split, tmp_path):
                                 capture_output=True, text=True, check=True).stdout
     assert py_version.strip() >= "(3, 12)"
     assert sys.version_info[:2] >= (3, 11)
+
+
+def test_diagnose_exports_weight_posterior_refits_as_chains(bjepa, tmp_path):
+    from bjepa.diagnostics import load_inference_data
+
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "b.pt", bjepa, meta=META)
+    results = diagnose_run(run, chains=2, chain_steps=10, **_fast())
+    assert [d.settings.get("chains") for d, _ in results] == [2]
+    b = load_inference_data(run / "diagnostics" / "b" / "inference_data.nc")
+    assert b.posterior.sizes["chain"] == 2 and b.posterior.attrs["chains"].startswith("2 chains")
+    with pytest.raises(ValueError, match="chains"):
+        diagnose_run(run, chains=0, **_fast())

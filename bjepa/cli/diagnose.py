@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="coverage deviation accepted as calibrated (default 0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed for the posterior draws")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--chains", type=int, default=1,
+                   help="models with a weight posterior: refit it K times from dispersed "
+                        "starts with independent seeds (encoders frozen) and store one chain "
+                        "per refit, so R-hat and ESS are defined (default 1)")
+    p.add_argument("--chain-steps", type=int, default=500,
+                   help="SVI steps of each refit (default 500)")
     p.add_argument("--compare", action="store_true",
                    help="also rank the diagnosed models with az.compare (only those that score "
                         "one observed space)")
@@ -57,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                            split=args.split, num_samples=args.num_samples,
                            max_rows=args.max_rows, seed=args.seed,
                            psis_particles=args.psis_particles, tolerance=args.tolerance,
-                           device=args.device, failures=failures)
+                           device=args.device, failures=failures, chains=args.chains,
+                           chain_steps=args.chain_steps)
     if results:
         print(format_summary(summary_rows(results)))
     for diag, _ in results:

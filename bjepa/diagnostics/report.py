@@ -110,6 +110,7 @@ def diagnose_model(
     meta: dict[str, Any] | None = None,
     time_offset: int = 0,
     loss_trace: Any = None,
+    chains: Sequence[Any] | None = None,
 ) -> Diagnosis:
     """Calibration, collapse and importance diagnostics of a trained world model.
 
@@ -129,6 +130,9 @@ def diagnose_model(
     :param meta: free-form facts recorded in the JSON (data, checkpoint, ...).
     :param loss_trace: ``(steps, losses)`` of training, stored in the InferenceData's
         ``sample_stats``.
+    :param chains: models that share ``model``'s observed space (e.g.
+        :func:`bjepa.inference.weights.weight_posterior_chains`): the InferenceData and LOO
+        use one chain per model (R-hat, ESS); calibration and collapse judge ``model``.
     """
     view = view_of(model)
     label = model_label(model)
@@ -186,9 +190,18 @@ def diagnose_model(
             else:
                 collapse = collapse_from_moments(draws.observed, None, z_context,
                                                  predictive_scale=pred_sd, threshold=threshold)
-            idata = inference_data_from_draws(
-                model, draws, time_offset=time_offset,
-                loss_traces=None if loss_trace is None else [loss_trace])
+            if chains:  # independent refits over one observed space: one chain each
+                chain_draws = [sample_draws(m, context, target, num_samples=num_samples,
+                                            seed=None if seed is None else seed + 1000 * (i + 1))
+                               for i, m in enumerate(chains)]
+                idata = inference_data_from_draws(
+                    list(chains), chain_draws, time_offset=time_offset,
+                    loss_traces=None if loss_trace is None else [loss_trace] * len(chains))
+                settings["chains"] = len(chains)
+            else:
+                idata = inference_data_from_draws(
+                    model, draws, time_offset=time_offset,
+                    loss_traces=None if loss_trace is None else [loss_trace])
             n_par = sum(int(v[0].numel()) for v in draws.weights.values()) or None
             loo = loo_summary(idata, num_parameters=n_par)
             psis = guide_psis_khat(model, context, target, num_particles=psis_particles, seed=seed)

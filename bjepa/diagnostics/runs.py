@@ -142,7 +142,9 @@ def _pick(checkpoints: list[Path], name: str) -> Path:
 
 
 def _check_settings(num_samples: int, max_rows: int | None, psis_particles: int,
-                    tolerance: float) -> None:
+                    tolerance: float, chains: int = 1, chain_steps: int = 1) -> None:
+    check_positive_int("chains", chains)
+    check_positive_int("chain_steps", chain_steps)
     check_positive_int("num_samples", num_samples)
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2, got {num_samples}")
@@ -161,14 +163,20 @@ def _check_settings(num_samples: int, max_rows: int | None, psis_particles: int,
 def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: int = 100,
                         max_rows: int | None = None, seed: int | None = 0,
                         psis_particles: int = 1000, tolerance: float = 0.03,
-                        device: str | torch.device = "cpu") -> Diagnosis:
+                        device: str | torch.device = "cpu", chains: int = 1,
+                        chain_steps: int = 500) -> Diagnosis:
     """Load one checkpoint, rebuild its held-out data from ``meta`` and diagnose it on
-    ``device`` (model and data are moved there once)."""
+    ``device`` (model and data are moved there once).
+
+    :param chains: for a model with a weight posterior, refit it ``chains`` times from
+        dispersed starts with independent seeds over the frozen encoders (training split,
+        ``chain_steps`` SVI steps each) and export one chain per refit, so R-hat and ESS are
+        defined; ignored (with a note) for models without one."""
     from bjepa.inference.checkpoint import CheckpointError, load_checkpoint, load_model
 
     path = Path(path)
     check_choice("split", split, ["test", "train"])
-    _check_settings(num_samples, max_rows, psis_particles, tolerance)
+    _check_settings(num_samples, max_rows, psis_particles, tolerance, chains, chain_steps)
     try:
         meta = dict(load_checkpoint(path).get("meta", {}))
     except CheckpointError as err:
@@ -209,6 +217,17 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
         probe_train = (z, moved(data.probe_state))
     else:
         state = None
+    refits = None
+    if chains > 1 and getattr(model, "weight_guide", None) is not None:
+        from bjepa.inference.weights import weight_posterior_chains
+
+        train = DATA_LOADERS[kind](meta, "train")
+        rows = min(train.context.shape[0], 2000)
+        refits = weight_posterior_chains(model, train.context[:rows].to(dev),
+                                         train.target[:rows].to(dev), num_chains=chains,
+                                         steps=chain_steps, seed=0 if seed is None else seed)
+    elif chains > 1:
+        logger.info("%s has no weight posterior: one chain (no refits to make)", path.name)
     info = {k: v for k, v in meta.items() if isinstance(v, int | float | str | bool)}
     info.update(checkpoint=str(path), split=split, description=data.description)
     if isinstance(meta.get("row"), dict):
@@ -216,7 +235,7 @@ def diagnose_checkpoint(path: str | Path, *, split: str = "test", num_samples: i
     return diagnose_model(model, context, target, name=path.stem, num_samples=num_samples,
                           seed=seed, psis_particles=psis_particles, tolerance=tolerance,
                           true_state=state, probe_train=probe_train, meta=info,
-                          loss_trace=loss_trace(path))
+                          loss_trace=loss_trace(path), chains=refits)
 
 
 def loss_trace(path: str | Path) -> tuple[list[int], list[float]] | None:
@@ -274,8 +293,8 @@ def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
                  out: str | Path | None = None, split: str = "test", num_samples: int = 100,
                  max_rows: int | None = None, seed: int | None = 0, psis_particles: int = 1000,
                  tolerance: float = 0.03, device: str | torch.device = "cpu",
-                 failures: list[Failure] | None = None
-                 ) -> list[tuple[Diagnosis, dict[str, Path]]]:
+                 failures: list[Failure] | None = None, chains: int = 1,
+                 chain_steps: int = 500) -> list[tuple[Diagnosis, dict[str, Path]]]:
     """Diagnose every model checkpoint of ``run_dir`` (or the one named ``checkpoint``).
 
     :param run_dir: a run folder, or one ``.pt`` checkpoint file.
@@ -285,13 +304,15 @@ def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
     :param split: ``"test"`` (held-out, default) or ``"train"``.
     :param max_rows: diagnose only the first ``max_rows`` pairs.
     :param device: where models and data go (``"cpu"`` or ``"cuda"``).
+    :param chains: weight-posterior refits exported as chains (see
+        :func:`diagnose_checkpoint`).
     :param failures: a list that receives a :class:`Failure` per checkpoint that could not be
         read or diagnosed (they are also listed in the summary); without it, a folder where
         every checkpoint fails raises the first error.
     :returns: ``[(diagnosis, files written)]`` in checkpoint order, for those that worked.
     """
     check_choice("split", split, ["test", "train"])
-    _check_settings(num_samples, max_rows, psis_particles, tolerance)
+    _check_settings(num_samples, max_rows, psis_particles, tolerance, chains, chain_steps)
     run_dir = Path(run_dir)
     checkpoints = find_checkpoints(run_dir)
     single = checkpoint is not None or run_dir.is_file()
@@ -307,7 +328,7 @@ def diagnose_run(run_dir: str | Path, *, checkpoint: str | None = None,
             diag = diagnose_checkpoint(path, split=split, num_samples=num_samples,
                                        max_rows=max_rows, seed=seed,
                                        psis_particles=psis_particles, tolerance=tolerance,
-                                       device=device)
+                                       device=device, chains=chains, chain_steps=chain_steps)
         except (ValueError, TypeError, RuntimeError, OSError) as err:
             logger.warning("cannot diagnose %s: %s", path.name, err)
             failed.append(Failure(path.stem, path, str(err)))
