@@ -7,7 +7,8 @@ batch size, ELBO (eager mean-field) and step count:
 - ``ram-loader``: the whole array loaded into RAM, ``fit(model, loader)`` with
   :func:`bjepa.data.make_loader` over it — the in-memory reference for the same data path;
 - ``stream``: the same loader over the memory-mapped file (random mini-batches of 4096 pairs
-  read from disk, ``--workers`` reader processes);
+  read from disk, ``--workers`` reader processes), with single pairs shuffled and with pairs
+  shuffled in blocks of ``--block`` consecutive ones (fewer, longer reads);
 - ``memory``: the whole array in a tensor, ``fit(model, context, target, batch_size=4096)``
   (mini-batches drawn by the model's ``pyro.plate``, whose ``randperm`` over all N rows each
   step dominates at this size; ``--memory-steps``).
@@ -66,8 +67,8 @@ import numpy as np, torch
 from bjepa.models import VJEPA
 from bjepa.inference import fit
 
-mode, path, steps, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
-    int(sys.argv[4]), int(sys.argv[5])
+mode, path, steps, batch, workers, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
+    int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(1)
 model = VJEPA(64, 4, encoder="linear", init="random")
 t0 = time.perf_counter()
@@ -80,7 +81,7 @@ else:
         pairs = make_pairs(from_array(np.load(path)))     # the whole file in RAM
     else:
         pairs = make_pairs(load(path))                    # a memory map, nothing read yet
-    args, kw = (make_loader(pairs, batch, num_workers=workers, seed=0),), {}
+    args, kw = (make_loader(pairs, batch, num_workers=workers, seed=0, block=block),), {}
 setup = time.perf_counter() - t0
 hist = fit(model, *args, steps=steps, lr=1e-3, elbo="meanfield", seed=0, progress=False,
            log_every=max(steps // 20, 1), warmup_steps=0, **kw)
@@ -103,14 +104,16 @@ print(json.dumps({"mode": mode, "steps_per_second": rate, "rows_per_second": rat
 """
 
 
-def run_child(mode: str, path: Path, steps: int, batch: int, workers: int) -> dict:
+def run_child(mode: str, path: Path, steps: int, batch: int, workers: int, block: int) -> dict:
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), str(steps), str(batch),
-                           str(workers)], capture_output=True, text=True, check=False)
+                           str(workers), str(block)], capture_output=True, text=True,
+                          check=False)
     if done.returncode != 0:
         raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row.update(workers=workers if mode != "memory" else None,
+               block=block if mode != "memory" else None,
                wall_seconds=time.perf_counter() - t0)
     return row
 
@@ -128,13 +131,14 @@ def main(args: argparse.Namespace) -> dict:
     print(f"data: {path} ({path.stat().st_size / 2**30:.2f} GiB) in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
-    plan = [("ram-loader", 0), *[("stream", w) for w in args.workers]]
+    plan = [("ram-loader", 0, 1), *[("stream", w, 1) for w in args.workers],
+            *[("stream", w, args.block) for w in args.workers if args.block > 1]]
     if args.memory_steps:
-        plan.append(("memory", 0))
+        plan.append(("memory", 0, 1))
     for rep in range(args.repeats):  # interleaved, so a change in machine load hits all runs
-        for mode, workers in plan:
+        for mode, workers, block in plan:
             steps = args.memory_steps if mode == "memory" else args.steps
-            row = run_child(mode, path, steps, args.batch, workers)
+            row = run_child(mode, path, steps, args.batch, workers, block)
             row["repeat"] = rep
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -154,11 +158,13 @@ def main(args: argparse.Namespace) -> dict:
     (out / "bench_stream.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# bench_stream: {args.rows:,} rows × 64 float32 ({result['file_gib']:.2f} GiB), "
              f"linear VJEPA, batch {args.batch}, {args.steps} steps", "",
-             "| round | run | readers | rows/s | vs in-RAM loader (same round) | peak RSS (MiB) | "
-             "readers' peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
+             "| round | run | readers | shuffled in blocks of | rows/s | vs in-RAM loader (same "
+             "round) | peak RSS (MiB) | readers' peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['repeat']} | {r['mode']} | "
                      f"{r['workers'] if r['workers'] is not None else '–'} | "
+                     f"{r['block'] if r['block'] is not None else '–'} | "
                      f"{r['rows_per_second']:,.0f} | {100 * r['throughput_vs_memory']:.0f} % | "
                      f"{r['peak_rss_mib']:.0f} | {r['peak_rss_workers_mib']:.0f} |")
     (out / "bench_stream.md").write_text("\n".join(lines) + "\n")
@@ -178,6 +184,8 @@ if __name__ == "__main__":
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1],
                    help="reader processes to try for the stream run (default 0,1)")
+    p.add_argument("--block", type=int, default=64,
+                   help="also stream with pairs shuffled in blocks of this many (1: skip)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--file", default="/tmp/bjepa_bench_stream.npy")
     p.add_argument("--keep", action="store_true", help="keep the data file")

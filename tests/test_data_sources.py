@@ -343,3 +343,16 @@ def test_streamed_batches_are_positional_reads_of_the_mapped_file(tmp_path, layo
     want_c, want_t, _ = pairs.batch(idx)
     assert np.array_equal(ctx.numpy(), want_c) and np.array_equal(tgt.numpy(), want_t)
     assert PairDataset(make_pairs(x.reshape(200, 3)))._rows is None  # in memory: plain reads
+
+
+def test_block_shuffling_covers_every_pair_once_and_reads_runs(tmp_path):
+    from bjepa.data.streaming import PairDataset
+
+    batches = list(ShuffledBatches(1000, 64, block=16, seed=0))
+    every = np.concatenate(batches)
+    assert sorted(every.tolist()) == list(range(1000))
+    assert np.mean(np.diff(batches[0]) == 1) > 0.8  # runs of consecutive pairs
+    np.save(tmp_path / "x.npy", np.arange(600.0, dtype=np.float32).reshape(300, 2))
+    pairs = make_pairs(load(tmp_path / "x.npy"), context_frames=2)
+    ctx, tgt = PairDataset(pairs)[batches[0][batches[0] < len(pairs)]]
+    assert torch.equal(tgt[:, :2], ctx[:, 2:])  # the target stack is the context one step on

@@ -79,14 +79,32 @@ class FileRows:
             self._fd, self._pid = os.open(self.filename, os.O_RDONLY), os.getpid()
         return self._fd
 
-    def runs(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """``(len(starts), length, D)``: rows ``s … s + length − 1`` for every ``s``."""
-        fd, size = self._file(), length * self.row
-        buf = np.empty((len(starts), size), dtype=np.uint8)
-        for i, s in enumerate(starts.tolist()):
-            if os.preadv(fd, [buf[i]], self.offset + s * self.row) != size:
-                raise OSError(f"{self.filename}: short read at row {s}")
-        return buf.view(self.dtype).reshape(len(starts), length, self.cols)
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Rows ``start … start + count − 1`` as ``(count, D)``, one ``pread``."""
+        size = count * self.row
+        buf = np.empty(size, dtype=np.uint8)
+        if os.preadv(self._file(), [buf], self.offset + start * self.row) != size:
+            raise OSError(f"{self.filename}: short read at row {start}")
+        return buf.view(self.dtype).reshape(count, self.cols)
+
+    def windows(self, t: np.ndarray, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``t − before … t + after`` of every sorted ``t``, each run of consecutive ``t``
+        read with one ``pread`` into one buffer: ``(rows, pos)`` with the rows of pair ``i``
+        at ``rows[pos[i] : pos[i] + before + after + 1]``."""
+        t = np.asarray(t, dtype=np.int64)
+        first = np.concatenate([[0], np.flatnonzero(np.diff(t) != 1) + 1])
+        count = np.diff(np.concatenate([first, [len(t)]])) + before + after  # rows per run
+        at = np.concatenate([[0], np.cumsum(count)])  # each run's first row in the buffer
+        run = np.repeat(np.arange(len(first)), count - before - after)
+        pos = at[run] + np.arange(len(t)) - first[run]
+        buf = np.empty(int(at[-1]) * self.row, dtype=np.uint8)
+        view, fd, row = memoryview(buf), self._file(), self.row
+        for start, n, off in zip((t[first] - before).tolist(), count.tolist(), at.tolist(),
+                                 strict=False):
+            if os.preadv(fd, [view[off * row:(off + n) * row]], self.offset + start * row) \
+                    != n * row:
+                raise OSError(f"{self.filename}: short read at row {start}")
+        return buf.view(self.dtype).reshape(-1, self.cols), pos
 
     def __getstate__(self) -> dict[str, Any]:  # a worker opens its own descriptor
         return {**self.__dict__, "_fd": None, "_pid": -1}
@@ -141,10 +159,10 @@ class PairDataset(Dataset):
                 self._read = 0
                 release_pages(p.seqs.values)
             return ctx, tgt, act
-        t = p.last_rows(idx)
-        runs = self._rows.runs(t - p.k + 1, p.k + p.horizon)  # x_{t-k+1} … x_{t+Δ}
-        ctx = runs[:, :p.k].reshape(len(idx), -1).astype(self._np_dtype)
-        tgt = runs[:, p.horizon:p.horizon + p.k].reshape(len(idx), -1).astype(self._np_dtype)
+        rows, pos = self._rows.windows(p.last_rows(idx), p.k - 1, p.horizon)  # x_{t-k+1…t+Δ}
+        stack = pos[:, None] + np.arange(p.k)
+        ctx = rows[stack].reshape(len(idx), -1).astype(self._np_dtype)
+        tgt = rows[stack + p.horizon].reshape(len(idx), -1).astype(self._np_dtype)
         return ctx, tgt, None
 
     def __len__(self) -> int:
@@ -176,10 +194,14 @@ class ShuffledBatches(Sampler):
     :param shuffle: permute (else the order 0, 1, ...).
     :param seed: seeds the permutations (epoch ``e`` uses ``seed + e``).
     :param drop_last: drop a last, smaller batch.
+    :param block: permute blocks of this many consecutive pairs instead of single pairs (every
+        pair still comes once per epoch); a streamed batch then costs ``batch_size / block``
+        reads instead of ``batch_size``, at the price of correlated rows within a batch.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0,
+                 block: int = 1) -> None:
         if n < 1:
             raise ValueError("no pairs to draw batches from")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -188,6 +210,9 @@ class ShuffledBatches(Sampler):
             raise ValueError(f"rank must lie in [0, {num_replicas}), got {rank}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"block must be an int >= 1, got {block!r}")
+        self.block = block
         self.epoch = 0
         self.per_replica = math.ceil(n / num_replicas)
 
@@ -200,7 +225,12 @@ class ShuffledBatches(Sampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        if self.shuffle:
+        if self.shuffle and self.block > 1:
+            starts = np.random.default_rng(self.seed + self.epoch).permutation(
+                np.arange(0, self.n, self.block))
+            order = (starts[:, None] + np.arange(self.block)).reshape(-1)
+            order = order[order < self.n]
+        elif self.shuffle:
             order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
         else:
             order = np.arange(self.n)
@@ -218,8 +248,8 @@ class ShuffledBatches(Sampler):
 def make_loader(pairs: Pairs, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                 drop_last: bool = False, num_workers: int = 0, pin_memory: bool | None = None,
                 distributed: bool | None = None, standardizer: Standardizer | None = None,
-                dtype: torch.dtype = torch.float32, prefetch_factor: int | None = None
-                ) -> DataLoader:
+                dtype: torch.dtype = torch.float32, prefetch_factor: int | None = None,
+                block: int = 1) -> DataLoader:
     """A :class:`~torch.utils.data.DataLoader` of ``(context, target)`` mini-batches.
 
     :param pairs: :class:`~bjepa.data.pairs.Pairs` (e.g. ``load_pairs(...).train``).
@@ -231,6 +261,8 @@ def make_loader(pairs: Pairs, batch_size: int, *, shuffle: bool = True, seed: in
         process group is initialised).
     :param standardizer: standardise while reading (only for a model without its own
         standardiser; see :class:`PairDataset`).
+    :param block: shuffle blocks of this many consecutive pairs (see :class:`ShuffledBatches`;
+        default 1: every batch is a uniform draw of single pairs).
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise DataError(f"num_workers must be an int >= 0, got {num_workers!r}")
@@ -241,7 +273,8 @@ def make_loader(pairs: Pairs, batch_size: int, *, shuffle: bool = True, seed: in
     if distributed:
         replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     sampler = ShuffledBatches(len(dataset), batch_size, shuffle=shuffle, seed=seed,
-                              drop_last=drop_last, num_replicas=replicas, rank=rank)
+                              drop_last=drop_last, num_replicas=replicas, rank=rank,
+                              block=block)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     extra: dict[str, Any] = {}
