@@ -37,7 +37,7 @@ from bjepa.models import BJEPA
 from bjepa.priors import HierarchicalWeightPrior, LatentPrior, register_prior
 
 #: the quickest flags, used by tests/test_cli_examples.py
-QUICK_ARGS = ["--quick", "--num-steps", "60"]
+QUICK_ARGS = ["--quick", "--num-steps", "40", "--weight-draws", "20"]
 
 
 @register_prior("affine_conditional")
@@ -81,8 +81,8 @@ def _r2(pred: torch.Tensor, target: torch.Tensor) -> list[float]:
 def main(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     train, test = noisy_tv.make_split(args.sigma, args.seed,
-                                      train_steps=1500 if args.quick else 6000,
-                                      test_steps=500 if args.quick else 2000)
+                                      train_steps=600 if args.quick else 6000,
+                                      test_steps=200 if args.quick else 2000)
     # η: a noisy reading of the next true state (4 numbers per pair)
     g = torch.Generator().manual_seed(args.seed)
     eta_train = train.signal[1:] + args.eta_noise * torch.randn(train.signal[1:].shape,

@@ -30,7 +30,7 @@ from bjepa.models import BJEPA
 from bjepa.priors import HierarchicalWeightPrior
 
 #: the quickest flags, used by tests/test_cli_examples.py
-QUICK_ARGS = ["--quick", "--num-steps", "40", "--chain-steps", "40", "--num-samples", "60"]
+QUICK_ARGS = ["--quick", "--num-steps", "30", "--chain-steps", "15", "--num-samples", "30"]
 
 PRIORS = {"normal": "normal", "laplace": "laplace",
           "hierarchical": HierarchicalWeightPrior(1.0)}
@@ -39,8 +39,8 @@ PRIORS = {"normal": "normal", "laplace": "laplace",
 def write_files(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     torch.manual_seed(args.seed)
     train, test = noisy_tv.make_split(args.sigma, args.seed,
-                                      train_steps=400 if args.quick else 4000,
-                                      test_steps=200 if args.quick else 1000)
+                                      train_steps=300 if args.quick else 4000,
+                                      test_steps=120 if args.quick else 1000)
     base = BJEPA(20, 4, weight_prior="normal", init="cca")
     hist = fit(base, train.obs[:-1], train.obs[1:], steps=args.num_steps, lr=1e-2,
                seed=args.seed, progress=not args.quick)
