@@ -80,7 +80,9 @@ def run_case(name: str, data: Path, flags: list[str], out: Path, steps: int) -> 
         raise SystemExit(f"bjepa train --data {data} failed ({rc})")
     from bjepa.diagnostics.runs import diagnose_run, format_summary, summary_rows
 
-    diag = diagnose_run(run_dir, num_samples=100 if steps >= 300 else 20, psis_particles=200)
+    quick = steps < 300
+    diag = diagnose_run(run_dir, num_samples=20 if quick else 100,
+                        psis_particles=50 if quick else 200)
     print(format_summary(summary_rows(diag)))
     results = json.loads((run_dir / "results.json").read_text())
     results["verdict"] = diag[0][0].verdict
@@ -175,7 +177,7 @@ def main(args: argparse.Namespace) -> dict:
     summary["macro"]["standardizer"] = fresh["standardizer"]
 
     # digits: a video file, frames flattened to 64 grey values
-    frames = 300 if args.quick else 1500
+    frames = 200 if args.quick else 1500
     video = out / "digits.gif"
     labels = write_digits_video(video, frames, args.seed)
     digit_flags = ["--grayscale", "--latent-dim", "8", "--batch-size", "256", "--val-frac", "0.1",
