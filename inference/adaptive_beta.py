@@ -79,7 +79,8 @@ class AdaptiveBeta(Callback):
         ÷1.5 per update).
     :param smoothing: weight of the past in the exponential moving average of the signal
         (0 = no smoothing).
-    :param beta_min, beta_max: bounds of β (β is clamped into them at the start, too).
+    :param beta_min: lower bound of β (β is clamped into the bounds at the start, too).
+    :param beta_max: upper bound of β.
     :param attr: the model attribute holding the KL weight (``"beta"``).
     """
 
