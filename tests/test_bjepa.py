@@ -152,3 +152,8 @@ def test_svi_weight_posterior_matches_nuts():
             dsd = (est[site]["sd"] / ref[site]["sd"] - 1).abs().max()
             assert dmean < mean_tol, (guide, site, float(dmean))
             assert dsd < sd_tol, (guide, site, float(dsd))
+
+
+def test_only_models_without_a_weight_prior_may_be_compiled():
+    assert BJEPA(5, 2).jit_safe
+    assert not BJEPA(5, 2, weight_prior="normal").jit_safe  # autoguides train eagerly

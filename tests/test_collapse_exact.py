@@ -118,7 +118,8 @@ def test_healthy_partial_and_floor_verdicts():
     pred[0, 2] = 2 * 1e-4
     r = collapse_from_moments(loc, small, _context(), predictive_scale=pred, scale_floor=1e-4)
     assert r.floor_share == [0.0, 0.0, 1 / n] and r.verdict == "partial collapse"
-    assert any("floor (0.0001) for dims [2]" in s for s in r.reasons), r.reasons
+    assert any("floor (0.0001) for dims [2] (12 % of predictions)" in s for s in r.reasons), \
+        r.reasons
     pred[0, 2] = 2.0001e-4
     r = collapse_from_moments(loc, small, _context(), predictive_scale=pred, scale_floor=1e-4)
     assert r.floor_share == [0.0, 0.0, 0.0] and r.verdict == "healthy"
