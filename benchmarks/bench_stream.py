@@ -83,11 +83,14 @@ else:
         pairs = make_pairs(load(path))                    # a memory map, nothing read yet
     args, kw = (make_loader(pairs, batch, num_workers=workers, seed=0, block=block),), {}
 setup = time.perf_counter() - t0
+cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 hist = fit(model, *args, steps=steps, lr=1e-3, elbo="meanfield", seed=0, progress=False,
            log_every=max(steps // 20, 1), warmup_steps=0, **kw)
+cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
 r = hist.records
 rate = (r[-1]["step"] - r[0]["step"]) / (r[-1]["seconds"] - r[0]["seconds"])
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+own = cpu1.ru_maxrss / 1024
 
 def hwm(pid):  # a live reader process's peak resident set (MiB)
     for line in open(f"/proc/{pid}/status"):
@@ -97,9 +100,18 @@ def hwm(pid):  # a live reader process's peak resident set (MiB)
 
 it = getattr(args[0], "_iterator", None) if mode != "memory" else None
 kids = max([hwm(w.pid) for w in getattr(it, "_workers", [])] or [0.0])
+
+def cpu_of(pid):  # a live reader process's CPU seconds
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+import os
+kids_cpu = sum(cpu_of(w.pid) for w in getattr(it, "_workers", []))
 print(json.dumps({"mode": mode, "steps_per_second": rate, "rows_per_second": rate * batch,
                   "setup_seconds": setup, "train_seconds": hist.seconds,
                   "peak_rss_mib": own, "peak_rss_workers_mib": kids,
+                  "cpu_seconds": cpu, "readers_cpu_seconds": kids_cpu,
+                  "rows_per_cpu_second": steps * batch / cpu,
                   "final_loss": hist.final_loss}))
 """
 
@@ -145,6 +157,7 @@ def main(args: argparse.Namespace) -> dict:
     for r in rows:  # against the in-RAM loader of the same round
         ram = next(m for m in rows if m["mode"] == "ram-loader" and m["repeat"] == r["repeat"])
         r["throughput_vs_memory"] = r["rows_per_second"] / ram["rows_per_second"]
+        r["cpu_throughput_vs_memory"] = r["rows_per_cpu_second"] / ram["rows_per_cpu_second"]
     result = {
         "rows": args.rows, "cols": 64, "file_gib": path.stat().st_size / 2**30,
         "batch": args.batch, "steps": args.steps, "results": rows,
@@ -159,13 +172,17 @@ def main(args: argparse.Namespace) -> dict:
     lines = [f"# bench_stream: {args.rows:,} rows × 64 float32 ({result['file_gib']:.2f} GiB), "
              f"linear VJEPA, batch {args.batch}, {args.steps} steps", "",
              "| round | run | readers | shuffled in blocks of | rows/s | vs in-RAM loader (same "
-             "round) | peak RSS (MiB) | readers' peak RSS (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "round) | rows per CPU-second of the training process | vs in-RAM loader | "
+             "readers' CPU s | peak RSS (MiB) | readers' peak RSS (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['repeat']} | {r['mode']} | "
                      f"{r['workers'] if r['workers'] is not None else '–'} | "
                      f"{r['block'] if r['block'] is not None else '–'} | "
                      f"{r['rows_per_second']:,.0f} | {100 * r['throughput_vs_memory']:.0f} % | "
+                     f"{r['rows_per_cpu_second']:,.0f} | "
+                     f"{100 * r['cpu_throughput_vs_memory']:.0f} % | "
+                     f"{r['readers_cpu_seconds']:.1f} | "
                      f"{r['peak_rss_mib']:.0f} | {r['peak_rss_workers_mib']:.0f} |")
     (out / "bench_stream.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
