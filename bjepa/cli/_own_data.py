@@ -223,6 +223,9 @@ def train(args: argparse.Namespace, ctx: Any) -> int:
     stream = args.stream == "on" or (args.stream == "auto" and nbytes > STREAM_BYTES)
     if stream and batch is None:
         batch = min(AUTO_BATCH, n_train)
+    if stream and args.strategy == "ddp":
+        raise ValueError("--strategy ddp does not stream from disk yet; pass --stream off (each "
+                         "process then holds the data in memory)")
     cfg.update(data=str(path), batch_size=batch, stream=stream,
                strategy=args.strategy, world_size=ctx.world_size,
                frames=len(seqs), features=seqs.dim, episodes=seqs.num_episodes,
