@@ -149,3 +149,22 @@ def test_coverage_measure_matches_calibrate(small_split):
         draws = m.target_dist(test.obs[1:]).sample((1,))
     want = calibrate(m.predict(test.obs[:-1]), draws[0]).coverage_at(0.9)
     assert got == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_cli_quick(tmp_path, capsys):
+    import json
+
+    from bjepa.cli import main
+
+    out = tmp_path / "ab"
+    assert main(["adaptive-beta", "--quick", "--steps", "130", "--schemes", "rate,fixed",
+                 "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["scheme"] for r in rows] == ["rate", "fixed"]
+    assert rows[1]["beta"] == 1.0 and rows[0]["beta"] != 1.0
+    assert rows[0]["trace"][0] == [0, 1.0]
+    assert (out / "beta_traces.png").stat().st_size > 0
+    assert "| rate | 1 | 8 | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["adaptive-beta", "--schemes", "nope", "--out", str(tmp_path / "x")])
