@@ -558,7 +558,7 @@ class DDPStrategy(Strategy):
         check_choice("elbo", elbo, ELBO_CHOICES)
         if elbo == "auto":  # the compiled form cannot shard its random draws
             return "meanfield"
-        if elbo.startswith("jit"):
+        if elbo.startswith("jit") or elbo == "inductor":
             raise ValueError(f"elbo={elbo!r} is not supported by the ddp strategy (a compiled "
                              "loss cannot shard its random draws); use 'meanfield' or 'trace'")
         return elbo

@@ -320,12 +320,15 @@ def fit(
     if loader and elbo.startswith("jit-") and requested == "auto":
         elbo = elbo.removeprefix("jit-")  # streamed batches may change size: stay eager
     steering = [type(cb).__name__ for cb in callbacks if cb.needs_eager_elbo]
-    if steering and elbo.startswith("jit-"):
+    if steering and (elbo.startswith("jit-") or elbo == "inductor"):
         if requested != "auto":
             raise ValueError(f"elbo={requested!r}: {', '.join(steering)} change(s) the model "
                              "during training, which a compiled ELBO would not see; use "
                              "elbo='auto' or 'meanfield'")
         elbo = elbo.removeprefix("jit-")
+    if loader and elbo == "inductor":
+        raise ValueError("elbo='inductor' compiles one graph per batch shape; stream with "
+                         "elbo='auto' or 'meanfield'")
     if eval_every is None:
         eval_every = -(-max(steps // 20, 1) // log_every) * log_every  # a multiple of it
     settings = FitSettings(steps=steps, lr=lr, batch_size=batch_size, seed=seed, elbo=elbo,

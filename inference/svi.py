@@ -34,6 +34,7 @@ from bjepa._validation import (
 
 __all__ = [
     "ELBOS",
+    "COMPILED_ELBOS",
     "ELBO_CHOICES",
     "JIT_MIN_STEPS",
     "FusedSVI",
@@ -59,7 +60,10 @@ ELBOS: dict[str, type] = {
 #: at least this many steps (compiling costs about as much as this many eager steps), else
 #: ``"meanfield"``. Both give the same numbers to float rounding (see :mod:`.jit`).
 JIT_MIN_STEPS = 200
-ELBO_CHOICES = ("auto", *ELBOS)
+#: ``elbo="inductor"``: the mean-field ELBO's loss and gradients compiled by TorchInductor into
+#: one fused graph (opt-in; :mod:`bjepa.inference.inductor`)
+COMPILED_ELBOS = ("inductor",)
+ELBO_CHOICES = ("auto", *ELBOS, *COMPILED_ELBOS)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -80,8 +84,14 @@ def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting
     (``max_plate_nesting=2`` for replica stacks: replicas × data). ``"jit-"`` names give a
     :class:`~bjepa.inference.jit.CompiledELBO`; with ``strict=False`` it falls back to the
     eager ELBO (logging why) when the program cannot be compiled."""
-    check_choice("elbo", elbo, ELBOS)
+    check_choice("elbo", elbo, (*ELBOS, *COMPILED_ELBOS))
     check_positive_int("num_particles", num_particles)
+    if elbo == "inductor":
+        from bjepa.inference.inductor import InductorELBO
+
+        return InductorELBO(TraceMeanField_ELBO(num_particles=num_particles,
+                                                max_plate_nesting=max_plate_nesting),
+                            strict=strict)
     base = ELBOS[elbo](num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                        vectorize_particles=num_particles > 1 and elbo.startswith("jit-"))
     if elbo.startswith("jit-"):
@@ -99,7 +109,7 @@ def resolve_elbo(elbo: str, model: Any, steps: int) -> str:
     jit_safe = model.training_hints().jit_safe
     if elbo == "auto":
         return "jit-meanfield" if jit_safe and steps >= JIT_MIN_STEPS else "meanfield"
-    if elbo.startswith("jit-") and not jit_safe:
+    if (elbo.startswith("jit-") or elbo in COMPILED_ELBOS) and not jit_safe:
         raise ValueError(f"elbo={elbo!r}: {type(model).__name__} cannot be compiled (its "
                          "program is not static); use elbo='auto', 'meanfield' or 'trace'")
     return elbo
