@@ -21,8 +21,9 @@ seed, under two protocols:
 * **recommended**: 1000 steps of 256-row mini-batches at lr 3e-3 (bjepa's default budget).
 
 For bjepa it also times the seeds trained as one replica-batched program
-(``fit([m_1, …, m_R], ...)``). Every row reports seconds per model and the test signal R² of a
-linear probe, so a speed-up is always read beside what was learned. Writes
+(``fit([m_1, …, m_R], ...)``) and, under the paper protocol, the opt-in TorchInductor ELBO
+(``elbo="inductor"``, compile time included). Every row reports seconds per model and the test
+signal R² of a linear probe, so a speed-up is always read beside what was learned. Writes
 ``benchmarks/results/bench_reference.json`` and ``.md``::
 
     python benchmarks/bench_reference.py                       # 10 seeds, both protocols
@@ -115,7 +116,7 @@ def timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201 - a tiny
 
 
 def protocol(name: str, seeds: list[int], steps: int, lr: float, batch_size: int | None,
-             batched: bool) -> list[dict]:
+             batched: bool, inductor: bool = False) -> list[dict]:
     splits = {s: noisy_tv.make_split(8.0, s) for s in seeds}
     rows = []
     for s in seeds:  # interleaved: the same machine state for both sides
@@ -130,6 +131,14 @@ def protocol(name: str, seeds: list[int], steps: int, lr: float, batch_size: int
                        log_every=max(steps // 100, 1))
         rows.append({"protocol": name, "impl": "bjepa fit", "seed": s, "seconds": t_b,
                      **{"signal_r2": probe(m, train, test)["signal_r2"]}})
+        if inductor:
+            set_seed(s)
+            m = VJEPA(train.obs.shape[1], D_Z)
+            _, t_i = timed(fit, m, train.obs[:-1], train.obs[1:], steps=steps, lr=lr,
+                           batch_size=batch_size, seed=s, progress=False, elbo="inductor",
+                           log_every=max(steps // 100, 1))
+            rows.append({"protocol": name, "impl": "bjepa fit, elbo='inductor'", "seed": s,
+                         "seconds": t_i, "signal_r2": probe(m, train, test)["signal_r2"]})
         print(f"{name} seed {s}: reference {t_ref:.2f}s, bjepa {t_b:.2f}s", flush=True)
     if batched:
         models = []
@@ -168,7 +177,8 @@ def summary(rows: list[dict]) -> list[dict]:
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     seeds = parse_int_list(args.seeds)
-    rows = protocol("paper", seeds, args.steps, 1e-3, None, batched=True)
+    rows = protocol("paper", seeds, args.steps, 1e-3, None, batched=True,
+                    inductor=not args.skip_inductor)
     if not args.skip_recommended:
         rows += protocol("recommended", seeds, 1000, 3e-3, 256, batched=True)
     result = {"machine": f"{platform.processor() or platform.machine()}, "
@@ -197,4 +207,6 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=6000, help="paper protocol steps")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-recommended", action="store_true")
+    p.add_argument("--skip-inductor", action="store_true",
+                   help="do not time elbo='inductor' (needs a C++ compiler)")
     main(p.parse_args())
