@@ -57,10 +57,15 @@ def main(args: argparse.Namespace) -> dict:
             print(f"   true state via probe: {diag.state_calibration.summary()}")
         print(f"   collapse: {diag.collapse.summary()}")
         loo = diag.loo
-        print(f"   PSIS-LOO: elpd_loo {loo['elpd_loo']:.1f}, k̂ > {loo['good_k']:.2f} for "
-              f"{loo['khat_counts']['bad'] + loo['khat_counts']['very_bad']} of "
-              f"{loo['n_data_points']} observations; InferenceData groups: "
-              f"{diag.idata.groups()}")
+        if loo["applicable"]:
+            print(f"   PSIS-LOO: elpd_loo {loo['elpd_loo']:.1f}, p_loo {loo['p_loo']:.1f}, "
+                  f"k̂ > {loo['good_k']:.2f} for "
+                  f"{loo['khat_counts']['bad'] + loo['khat_counts']['very_bad']} of "
+                  f"{loo['n_data_points']} observations")
+        else:  # no global latents: leave-one-out is exact, elpd = log predictive density
+            print(f"   log predictive density {loo['elpd_loo']:.1f} over "
+                  f"{loo['n_data_points']} observations (no global latents: LOO is exact)")
+        print(f"   InferenceData groups: {diag.idata.groups()}")
         for reason in diag.reasons:
             print(f"   - {reason}")
         # 4. the same files as `bjepa diagnose` (JSON, NetCDF, figures, report.md)
