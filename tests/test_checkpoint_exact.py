@@ -167,3 +167,17 @@ def test_checkpoint_manager_orders_prunes_and_cleans(tmp_path):
     with CheckpointManager(folder, keep_last=1) as mgr:
         mgr.save(m, _state(1000))
         assert [p.name for p in mgr.paths()] == ["step-000001000.pt"]
+
+
+def test_refused_pickles_say_why(tmp_path):
+    import pickle
+
+    from bjepa.inference import checkpoint
+
+    path = tmp_path / "set.pt"
+    path.write_bytes(pickle.dumps({1, 2}))  # no code, but an object weights-only refuses
+    with pytest.raises(CheckpointError, match=r"refuses \(Weights only load failed"):
+        load_checkpoint(path)
+    assert checkpoint._starts_with_pickle(path)
+    assert not checkpoint._starts_with_pickle(save_checkpoint(tmp_path / "c.pt", VJEPA(4, 2)))
+    assert not checkpoint._starts_with_pickle(tmp_path / "missing.pt")
