@@ -244,7 +244,10 @@ class Strategy:
     def build(self, model: Any, programs: tuple[Callable, Callable], loss_fn: ELBO, lr: float
               ) -> None:
         """Create the optimiser (and anything else a step needs)."""
-        self.svi = FusedSVI(programs[0], programs[1], model.parameters(), loss_fn, lr=lr)
+        from bjepa.inference.inductor import InductorELBO
+
+        self.svi = FusedSVI(programs[0], programs[1], model.parameters(), loss_fn, lr=lr,
+                            fused=isinstance(loss_fn, InductorELBO))
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
