@@ -151,6 +151,11 @@ class AdaptiveBeta(Callback):
             self.updates = int(state.get("updates", 0))
         self._set(model, min(max(float(beta), self.beta_min), self.beta_max))
         self.trace = [(trainer.start_step, getattr(model, self.attr))]
+        # run first at each record so the loggers (metrics, TensorBoard) see ``beta``; moving
+        # an entry to the front leaves the loop's iteration over the later ones intact
+        if self in trainer.callbacks and trainer.callbacks[0] is not self:
+            trainer.callbacks.remove(self)
+            trainer.callbacks.insert(0, self)
 
     def on_step_end(self, trainer: Trainer, completed: int) -> None:
         if completed <= self.warmup or (completed - self.warmup) % self.every:

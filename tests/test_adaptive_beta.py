@@ -168,3 +168,13 @@ def test_cli_quick(tmp_path, capsys):
     assert "| rate | 1 | 8 | 1 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["adaptive-beta", "--schemes", "nope", "--out", str(tmp_path / "x")])
+
+
+def test_beta_reaches_the_metrics_file(small_split, tmp_path):
+    import json
+
+    path = tmp_path / "m.jsonl"
+    m, hist = _train(small_split, TargetRate(nats_per_dim=50.0, **FAST), metrics_path=path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["beta"] for r in lines] == [r["beta"] for r in hist.records]
+    assert lines[-1]["beta"] == pytest.approx(m.beta) and m.beta < 0.1

@@ -34,6 +34,7 @@ __all__ = [
     "format_table",
     "make_controller",
     "plot_beta_traces",
+    "plot_on_sweep",
     "run_hallway",
     "run_noisy_tv",
     "summarise",
@@ -190,6 +191,7 @@ def plot_beta_traces(rows: Sequence[dict[str, Any]], path: str | Path, *,
     schemes = [s for s in dict.fromkeys(r["scheme"] for r in rows) if s != "fixed"]
     fig, axes = plt.subplots(1, max(len(schemes), 1), figsize=(5.2 * max(len(schemes), 1), 3.8),
                              squeeze=False)
+    rows = [r for r in rows if r["scheme"] in schemes]
     betas0 = sorted({r["beta0"] for r in rows})
     colours = dict(zip(betas0, ["tab:blue", "tab:red", "tab:green", "tab:purple"], strict=False))
     styles = {s: ls for s, ls in zip(sorted({r["sigma"] for r in rows}), ["-", "--", ":"],
@@ -204,7 +206,7 @@ def plot_beta_traces(rows: Sequence[dict[str, Any]], path: str | Path, *,
                     ls=styles.get(r["sigma"], "-"), lw=1, alpha=0.7)
         for b in betas0:
             ax.plot([], [], color=colours.get(b, "k"), label=f"β₀ = {b:g}")
-        for s, ls in styles.items():
+        for s, ls in styles.items() if len(styles) > 1 else ():
             ax.plot([], [], color="grey", ls=ls, label=f"σ = {s:g}")
         ax.set_yscale("log")
         ax.set_xlabel("step")
@@ -277,3 +279,51 @@ def run_hallway(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
                         row["nll_fork"], row["both_modes"], row["coverage90"],
                         row["kl_per_dim"], hist.seconds)
     return rows
+
+
+def plot_on_sweep(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]],
+                  path: str | Path, *, sigma: float = 8.0) -> None:
+    """Where the adaptive runs land on the fixed-β sweep's curves: 90 % coverage and KL per
+    dimension against β (the sweep's mean ± sd over seeds as lines, each adaptive run's final β
+    and its metric as a marker)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = sorted((s for s in sweep if s["sigma"] == sigma), key=lambda s: s["beta"])
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    markers = {"calibrated": "o", "rate": "s", "fixed": "x"}
+    colours = {1.0: "tab:red", 1e-4: "tab:blue"}
+    for ax, metric, label in zip(axes, ["coverage90", "kl_per_dim"],
+                                 ["90 % coverage of z_T draws", "KL per dimension (nats)"],
+                                 strict=True):
+        b = [s["beta"] for s in ref]
+        m = [s[f"{metric}_mean"] for s in ref]
+        sd = [s[f"{metric}_sd"] for s in ref]
+        ax.errorbar(b, m, yerr=sd, color="k", lw=1, capsize=2,
+                    label="fixed β sweep (1500 steps × 512)")
+        for r in rows:
+            if r["sigma"] != sigma:
+                continue
+            colour = colours.get(r["beta0"], "grey")
+            hollow = r["scheme"] != "fixed"
+            style = {"facecolors": "none", "edgecolors": colour} if hollow else {"c": colour}
+            ax.scatter(r["beta"], r[metric], marker=markers.get(r["scheme"], "o"), s=30,
+                       **style)
+        for s, mk in markers.items():
+            ax.scatter([], [], marker=mk, color="grey", label=f"{s} (1000 steps × 256)")
+        for b0, c in colours.items():
+            ax.plot([], [], color=c, label=f"β₀ = {b0:g}")
+        if metric == "coverage90":
+            ax.axhspan(0.87, 0.93, color="tab:green", alpha=0.1, label="0.90 ± 0.03")
+        ax.set_xscale("log")
+        ax.set_xlabel("final β")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Noisy TV σ = {sigma:g}: adaptive β on the fixed-β sweep's curves")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
