@@ -213,8 +213,8 @@ class TargetRate(AdaptiveBeta):
     "controlled capacity" idea in multiplicative form; the rate's scale is fixed (nats per
     dimension against a standard-normal prior), unlike the dynamics NLL's.
 
-    :param nats_per_dim: the target rate (> 0). On Noisy TV 3 nats/dim sits at β ≈ 0.3 of the
-        fixed-β sweep (docs/adaptive_beta.md).
+    :param nats_per_dim: the target rate (> 0). On Noisy TV 3 nats/dim sits between β = 0.3
+        and 1 of the fixed-β sweep (docs/adaptive_beta.md).
     :param site: the latent site whose KL is controlled (``"z_target"``).
     :param latent_dim: its size; default ``model.latent_dim``.
     """
