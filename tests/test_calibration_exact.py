@@ -193,8 +193,10 @@ _N = 20000
 
 
 def test_verdict_names_bias_and_mixed_dimensions():
-    d, y = _grid_forecast([0.0], [1.0])
-    assert calibrate(d, y).verdict == "calibrated"
+    d, y = _grid_forecast([0.0, 0.0], [1.0, 1.0])
+    r = calibrate(d, y)
+    assert r.verdict == "calibrated" and len(r.reasons) == 1, r.reasons
+    assert r.reasons[0].startswith("coverage of observed values is within ±")
     d, y = _grid_forecast([0.3], [1.0])  # the median sits 0.3 σ above the observations
     r = calibrate(d, y)
     assert r.verdict == "miscalibrated" and any("below the predictive median" in s
@@ -211,6 +213,7 @@ def test_verdict_names_bias_and_mixed_dimensions():
     d, y = _grid_forecast([0.0, 0.0], [0.8, 0.8])
     r = calibrate(d, y)
     assert r.verdict == "overconfident" and r.reasons[0].startswith("intervals are too narrow")
+    assert not any("latent dims" in s for s in r.reasons), r.reasons  # pooled says it all
     assert f"90 %: {100 * r.coverage_at(0.9):.1f} %" in r.reasons[0], r.reasons
     d, y = _grid_forecast([0.0, 0.0], [1.3, 1.3])
     r = calibrate(d, y)
@@ -340,6 +343,7 @@ def test_forecast_arguments_are_checked():
         Forecast(loc=loc, scale=torch.ones_like(loc), weights=torch.ones(2, 3))
     with pytest.raises(ValueError, match="S >= 2"):
         Forecast(samples=torch.zeros(1, 3, 2))
+    assert Forecast(samples=torch.zeros(2, 3, 2)).shape == (3, 2)  # two draws are enough
     with pytest.raises(ValueError, match="batch shape"):
         as_forecast(Normal(torch.zeros(3, 2), 1.0))  # per-dimension: needs .to_event(1)
     with pytest.raises(TypeError, match="predictive"):

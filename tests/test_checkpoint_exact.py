@@ -181,3 +181,21 @@ def test_refused_pickles_say_why(tmp_path):
     assert checkpoint._starts_with_pickle(path)
     assert not checkpoint._starts_with_pickle(save_checkpoint(tmp_path / "c.pt", VJEPA(4, 2)))
     assert not checkpoint._starts_with_pickle(tmp_path / "missing.pt")
+
+
+def test_loading_into_a_model_with_other_prior_arguments_warns(tmp_path, caplog):
+    from bjepa.models import BJEPA
+    from bjepa.priors import GaussianPrior
+
+    saved = BJEPA(4, 2, prior=GaussianPrior(2, scale=2.0, learnable=True))
+    payload = load_checkpoint(save_checkpoint(tmp_path / "c.pt", saved))
+    with caplog.at_level(logging.WARNING, logger="bjepa.inference.checkpoint"):
+        restore_model_state(payload, BJEPA(4, 2, prior=GaussianPrior(2, scale=2.0,
+                                                                     learnable=True)))
+    assert not caplog.records
+    other = BJEPA(4, 2, prior=GaussianPrior(2, scale=3.0, learnable=True))
+    with caplog.at_level(logging.WARNING, logger="bjepa.inference.checkpoint"):
+        restore_model_state(payload, other)
+    assert any("built with other arguments" in r.message for r in caplog.records)
+    # the saved state wins: the learned scale is the checkpoint's
+    torch.testing.assert_close(other.struct_prior.scale, saved.struct_prior.scale)

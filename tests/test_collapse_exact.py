@@ -197,3 +197,26 @@ def test_collapse_diagnostics_measures_kl_against_the_models_own_prior():
     torch.testing.assert_close(torch.tensor(r.predictive_sd_median, dtype=torch.float64),
                                sd.median(0).values)
     assert r.floor_share == [0.0, 0.0]
+
+
+def test_numerically_constant_representations_count_as_constant():
+    g = torch.Generator().manual_seed(0)
+    n = 100
+    wobble = 1e-11 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    # singular values ~1e-10 against a scale of 1: below 1e-9 · scale · √N, so rank 0
+    assert effective_rank(1.0 + wobble)[0] == 0.0
+    assert effective_rank(1.0 + 1e4 * wobble)[0] > 1.5  # ~1e-6: a real (if small) spread
+
+
+def test_floor_share_threshold_is_strict():
+    n = 100
+    loc = torch.tensor([[1.0 if i % 2 else -1.0, 1.0 if (i // 2) % 2 else -1.0]
+                        for i in range(n)], dtype=torch.float64)
+    small = torch.full((n, 2), 0.1, dtype=torch.float64)
+    pred = small.clone()
+    pred[0, 1] = 1e-4  # exactly 1 % of the rows at the floor: not flagged (> 1 % is)
+    r = collapse_from_moments(loc, small, loc, predictive_scale=pred, scale_floor=1e-4)
+    assert r.floor_share == [0.0, 0.01] and r.verdict == "healthy", r.reasons
+    pred[1, 1] = 1e-4
+    r = collapse_from_moments(loc, small, loc, predictive_scale=pred, scale_floor=1e-4)
+    assert r.floor_share == [0.0, 0.02] and r.verdict == "partial collapse"
