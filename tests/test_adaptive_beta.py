@@ -178,3 +178,16 @@ def test_beta_reaches_the_metrics_file(small_split, tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["beta"] for r in lines] == [r["beta"] for r in hist.records]
     assert lines[-1]["beta"] == pytest.approx(m.beta) and m.beta < 0.1
+
+
+def test_steers_bjepa(small_split):
+    from bjepa.models import BJEPA
+
+    x = small_split[0].obs
+    torch.manual_seed(0)
+    m = BJEPA(x.shape[1], 4, beta=0.1)
+    ctl = CalibratedBeta(coverage=0.999, rows=256, **FAST)
+    hist = fit(m, x[:-1], x[1:], steps=24, lr=3e-3, batch_size=128, seed=0, log_every=4,
+               callbacks=[ctl])
+    assert m.beta < 0.1 and hist.records[-1]["beta"] == pytest.approx(m.beta)
+    assert "train_coverage90" in hist.records[-1]

@@ -35,6 +35,7 @@ __all__ = [
     "make_controller",
     "plot_beta_traces",
     "plot_on_sweep",
+    "run_atari",
     "run_hallway",
     "run_noisy_tv",
     "summarise",
@@ -327,3 +328,58 @@ def plot_on_sweep(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_atari(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
+              sigma: float = 0.1, out: str | Path | None = None,
+              options: dict[str, dict[str, Any]] | None = None,
+              **overrides: Any) -> list[dict[str, Any]]:
+    """Atari Pong with the TV distractor at strength ``sigma`` (docs/atari.md), VJEPA with the
+    documented default configuration (``overrides`` change it), trained per ``(scheme, β₀)``
+    and seed; rows hold the linear and MLP probe R² (:func:`bjepa.experiments.atari.probe`),
+    the final β, the 90 % coverage of target draws and the KL per dimension on test pairs."""
+    import torch
+
+    from bjepa.diagnostics import calibrate, collapse_diagnostics
+    from bjepa.experiments import atari as ax
+
+    options = options or {}
+    cfg = ax.AtariConfig(models=["vjepa"], sigmas=[sigma], seeds=list(seeds), progress=False,
+                         **overrides)
+    cfg.validate()
+    path = None if out is None else Path(out)
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        train, test = ax.make_splits(cfg, sigma, seed)
+        for scheme, beta0 in schemes:
+            set_seed(seed)
+            model = ax.build_model("vjepa", train.context.shape[1], cfg)
+            model.beta = float(beta0)
+            ctl = make_controller(scheme, **options.get(scheme, {}))
+            hist = fit(model, train.context, train.target, steps=cfg.steps, lr=cfg.lr,
+                       batch_size=cfg.batch_size, seed=seed, progress=False,
+                       log_every=max(cfg.steps // 100, 1),
+                       callbacks=[] if ctl is None else [ctl])
+            model.eval()
+            scores = ax.probe(model, train, test, cfg, seed=seed)
+            with torch.no_grad(), seeded(seed):
+                draws = model.target_dist(test.target).sample((4,))
+                rep = calibrate(model.predict(test.context), draws,
+                                target="the next latent z_T ~ q(z_T | x_T)")
+            col = collapse_diagnostics(model, test.context, test.target)
+            row = {"scheme": scheme, "beta0": beta0, "sigma": sigma, "seed": seed,
+                   "beta": float(model.beta), "linear_r2": scores["linear_r2"],
+                   "mlp_r2": scores["mlp_r2"], "coverage90": rep.coverage_at(0.9),
+                   "kl_per_dim": float(sum(col.kl_per_dim) / len(col.kl_per_dim)),
+                   "train_seconds": round(hist.seconds, 2),
+                   "trace": [[r["step"], r.get("beta", beta0)] for r in hist.records]}
+            rows.append(row)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            logger.info("atari %s β₀=%g seed=%d → β=%.3g linear R² %.3f MLP R² %.3f cov90 %.3f "
+                        "KL/dim %.2f (%.0fs)", scheme, beta0, seed, row["beta"],
+                        row["linear_r2"], row["mlp_r2"], row["coverage90"], row["kl_per_dim"],
+                        hist.seconds)
+    return rows
