@@ -360,3 +360,28 @@ def test_forecast_arguments_are_checked():
     with pytest.raises(ValueError, match="same shape"):
         Forecast.mixture([Independent(Normal(torch.zeros(3, 2), 1.0), 1),
                           Independent(Normal(torch.zeros(4, 2), 1.0), 1)])
+
+
+def test_the_exact_pair_sum_is_used_up_to_its_budget():
+    """At exactly the budget K²·N·D the spread term is the exact sum (deterministic); one
+    more row and it is estimated from random draws."""
+    from bjepa.diagnostics import calibration as cal
+
+    g = torch.Generator().manual_seed(0)
+    k = 100
+    n = cal._EXACT_PAIR_BUDGET // (k * k)
+    loc = torch.randn(k, n, 1, generator=g, dtype=torch.float64)
+    scale = 0.5 + torch.rand(k, n, 1, generator=g, dtype=torch.float64)
+    y = torch.zeros(n, 1, dtype=torch.float64)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(cal.Forecast(loc=loc, scale=scale).crps(y))
+    assert torch.equal(runs[0], runs[1])
+    loc2 = torch.cat([loc, loc[:, :1]], 1)
+    scale2 = torch.cat([scale, scale[:, :1]], 1)
+    est = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        est.append(cal.Forecast(loc=loc2, scale=scale2).crps(torch.zeros(n + 1, 1)))
+    assert not torch.equal(est[0], est[1])

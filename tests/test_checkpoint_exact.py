@@ -199,3 +199,13 @@ def test_loading_into_a_model_with_other_prior_arguments_warns(tmp_path, caplog)
     assert any("built with other arguments" in r.message for r in caplog.records)
     # the saved state wins: the learned scale is the checkpoint's
     torch.testing.assert_close(other.struct_prior.scale, saved.struct_prior.scale)
+
+
+def test_the_checksum_covers_every_element_of_lists_and_tuples(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", VJEPA(4, 2), meta={"l": [1, 2], "t": (0.5, "a")})
+    payload = _payload(path)
+    for meta in ({"l": [1, 3], "t": (0.5, "a")}, {"l": [1, 2], "t": (0.5, "b")},
+                 {"l": [2, 1], "t": (0.5, "a")}):
+        torch.save({**payload, "meta": meta}, tmp_path / "t.pt")
+        with pytest.raises(CheckpointError, match="checksum"):
+            load_checkpoint(tmp_path / "t.pt")
