@@ -209,3 +209,11 @@ def test_the_checksum_covers_every_element_of_lists_and_tuples(tmp_path):
         torch.save({**payload, "meta": meta}, tmp_path / "t.pt")
         with pytest.raises(CheckpointError, match="checksum"):
             load_checkpoint(tmp_path / "t.pt")
+
+
+def test_load_model_argument_forms(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", VJEPA(4, 2))
+    assert isinstance(load_model(path=path, map_location="cpu"), VJEPA)  # by keyword
+    assert isinstance(load_model(path, "cpu", model_class="VJEPA"), VJEPA)
+    with pytest.raises(TypeError):
+        load_model(path, "cpu", "VJEPA")  # model_class is keyword-only
