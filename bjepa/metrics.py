@@ -161,7 +161,7 @@ class LogisticProbe:
 
 
 def logistic_probe(z_train: torch.Tensor, y_train: torch.Tensor, *, num_classes: int | None = None,
-                   l2: float = 1e-3, max_iter: int = 200) -> LogisticProbe:
+                   l2: float = 1e-3, max_iter: int = 100) -> LogisticProbe:
     """Fit a multinomial logistic regression from ``z_train`` ``(N, D)`` to integer labels
     ``y_train`` ``(N,)`` by L-BFGS on the mean cross-entropy plus ``l2 · ||W||²`` (features
     standardised with the training statistics, intercept unpenalised).

@@ -191,16 +191,21 @@ class LinearGaussianSSM(WorldModel):
         self.init_scale_tril = PyroParam(torch.eye(n), constraint=constraints.lower_cholesky)
 
     # -- distributions ----------------------------------------------------------------------
-    def hmm_dist(self, duration: int) -> dist.GaussianHMM:
-        """``p(x_{1:W} − b)`` with the states integrated out, event shape ``(W, obs_dim)``."""
-        zeros = self.init_loc.new_zeros(self.latent_dim)
+    def hmm_dist(self, duration: int, dtype: torch.dtype | None = None) -> dist.GaussianHMM:
+        """``p(x_{1:W} − b)`` with the states integrated out, event shape ``(W, obs_dim)``,
+        computed in ``dtype`` (the model trains in float64: with nearly noise-free observations
+        the filter's covariances are too ill-conditioned for float32 Cholesky factors)."""
+        def c(t: torch.Tensor) -> torch.Tensor:
+            return t if dtype is None else t.to(dtype)
+
+        zeros = c(self.init_loc.new_zeros(self.latent_dim))
         return dist.GaussianHMM(
-            dist.MultivariateNormal(self.init_loc, scale_tril=self.init_scale_tril),
-            self.transition_matrix,
-            dist.MultivariateNormal(zeros, scale_tril=self.transition_scale_tril),
-            self.observation_matrix,
-            dist.Normal(self.obs_loc.new_zeros(self.obs_dim),
-                        self.observation_scale).to_event(1),
+            dist.MultivariateNormal(c(self.init_loc), scale_tril=c(self.init_scale_tril)),
+            c(self.transition_matrix),
+            dist.MultivariateNormal(zeros, scale_tril=c(self.transition_scale_tril)),
+            c(self.observation_matrix),
+            dist.Normal(c(self.obs_loc.new_zeros(self.obs_dim)),
+                        c(self.observation_scale)).to_event(1),
             duration=duration)
 
     # -- Pyro program -----------------------------------------------------------------------
@@ -211,8 +216,9 @@ class LinearGaussianSSM(WorldModel):
         with pyro.plate("windows", seq.shape[0], device=context.device,
                         subsample_size=window_batch(batch_size, self.window, seq.shape[0])
                         ) as idx:
-            pyro.sample("obs", self.hmm_dist(self.window).expand([len(idx)]),
-                        obs=seq.index_select(0, idx) - self.obs_loc)
+            obs = (seq.index_select(0, idx) - self.obs_loc).double()
+            pyro.sample("obs", self.hmm_dist(self.window, torch.float64).expand([len(idx)]),
+                        obs=obs)
 
     def guide(self, context: torch.Tensor, target: torch.Tensor | None = None,
               batch_size: int | None = None) -> None:

@@ -2,7 +2,7 @@
 ``.npy``/``.npz``, CSV/Parquet tables, image folders and videos — as ``(context, target)`` pairs
 (see docs/own_data.md)."""
 
-from bjepa.data import control, noisy_tv
+from bjepa.data import control, digits, noisy_tv
 from bjepa.data.pairs import PairData, Pairs, load_pairs, make_pairs, split_pairs, stack_frames
 from bjepa.data.sources import DataError, Sequences, from_array, load, load_frames, load_table
 from bjepa.data.streaming import PairDataset, make_loader
@@ -16,6 +16,7 @@ __all__ = [
     "Sequences",
     "Standardizer",
     "control",
+    "digits",
     "from_array",
     "load",
     "load_frames",

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 BASELINES = ["kalman", "lgssm", "rssm"]
 #: per-model training budget (steps, Adam lr, mini-batch rows; None = every window each step)
 TRAINING: dict[str, dict[str, Any]] = {
-    "lgssm": dict(steps=1000, lr=2e-2, batch_size=512),
-    "rssm": dict(steps=1500, lr=3e-3, batch_size=None),
+    "lgssm": dict(steps=300, lr=2e-2, batch_size=512),
+    "rssm": dict(steps=400, lr=1e-2, batch_size=None),
 }
 
 
@@ -54,8 +54,8 @@ class BaselinesConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> BaselinesConfig:
-        """σ ∈ {0, 8}, one seed, short trajectories and budgets (well under a minute)."""
-        base = dict(sigmas=[0.0, 8.0], seeds=[0], steps=150, train_steps=1500, test_steps=600)
+        """σ ∈ {0, 8}, one seed, short trajectories and budgets (about two minutes)."""
+        base = dict(sigmas=[0.0, 8.0], seeds=[0], steps=100, train_steps=1500, test_steps=600)
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
     def validate(self) -> BaselinesConfig:
@@ -94,7 +94,7 @@ def build_baseline(name: str, obs_dim: int, latent_dim: int = 4,
         return KalmanOracle.from_split(train)
     if name == "lgssm":
         return LinearGaussianSSM(obs_dim, latent_dim)
-    return RSSM(obs_dim, latent_dim)
+    return RSSM(obs_dim, latent_dim, window=16, burn_in=4)
 
 
 def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[str, float]:
@@ -210,6 +210,7 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: Any) -> None:
     axes[1].set(title="Distractor probe R² (lower = filtered)", xlabel="σ",
                 ylabel="test R² to σ·d_{t+1}")
     axes[0].set_ylim(min(-0.1, axes[0].get_ylim()[0]), 1.05)
+    axes[1].set_xlim(axes[0].get_xlim())
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
