@@ -148,3 +148,15 @@ def test_config_validation():
         experiment.DigitsConfig(models=["vjepa", "nope"]).validate()
     with pytest.raises(ValueError, match="goal_variances"):
         experiment.DigitsConfig(goal_variances=[0.0]).validate()
+
+
+def test_cli_commands_are_registered_and_refuse_bad_models(tmp_path, capsys):
+    from bjepa.cli import build_parser, main
+
+    parser = build_parser()
+    args = parser.parse_args(["digits", "--quick", "--seeds", "0-1", "--sigmas", "0,2"])
+    assert args.seeds == [0, 1] and args.sigmas == [0.0, 2.0] and args.quick
+    assert parser.parse_args(["baselines", "--quick"]).func is not None
+    assert main(["digits", "--models", "nope", "--out", str(tmp_path / "d")]) == 2
+    assert "model" in capsys.readouterr().err
+    assert main(["baselines", "--models", "kalmann", "--out", str(tmp_path / "b")]) == 2
