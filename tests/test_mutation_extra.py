@@ -246,3 +246,17 @@ def test_heads_accept_extra_batch_dimensions():
         flat = head(z.reshape(8, 3))
         torch.testing.assert_close(d.mean.reshape(8, 2), flat.mean)
         torch.testing.assert_close(d.variance.reshape(8, 2), flat.variance)
+
+
+def test_linear_probe_is_ols_with_the_documented_tiny_ridge():
+    """``(XᵀX + 1e-9 · tr(XᵀX)/p · I)⁻¹ Xᵀy`` with X = [z, 1]: reproduced to 1e-13."""
+    x, y = _regression(400, seed=2)
+    ztr, ytr, zte, yte = x[:300].numpy(), y[:300].numpy(), x[300:].numpy(), y[300:].numpy()
+    design = np.c_[ztr, np.ones(300)]
+    gram = design.T @ design
+    gram = gram + 1e-9 * np.trace(gram) / gram.shape[0] * np.eye(gram.shape[0])
+    coef = np.linalg.solve(gram, design.T @ ytr)
+    pred = np.c_[zte, np.ones(100)] @ coef
+    want = np.mean(1 - ((yte - pred) ** 2).sum(0) / ((yte - yte.mean(0)) ** 2).sum(0))
+    got = linear_probe_r2(*(torch.tensor(a) for a in (ztr, ytr, zte, yte)))
+    assert got == pytest.approx(want, rel=1e-13, abs=1e-14)

@@ -220,3 +220,10 @@ def test_fusion_output_types_and_the_importance_sampling_warning(caplog):
     assert (d.ess > 350).all() and not caplog.records
     with pytest.raises(ValueError, match="num_samples"):
         fuse(like, near, num_samples=0)
+
+
+@pytest.mark.parametrize("s", [0.25, 1.5])
+def test_gaussian_prior_scale_is_softplus_plus_a_small_floor(s):
+    prior = GaussianPrior(2, scale=s).double()
+    torch.testing.assert_close(prior.scale, torch.full((2,), s + 1e-6, dtype=torch.float64),
+                               rtol=0, atol=4e-7)
