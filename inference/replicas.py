@@ -401,7 +401,8 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
         about 1 GiB of activations).
     :param replica_batches: with ``batch_size``: ``"own"`` (each replica's own rows, so it
         matches its run alone) or ``"shared"`` (one draw for the chunk per step, ~30 % faster
-        for many replicas; see :class:`~bjepa.models.replicas.ReplicaStack`).
+        for many replicas; see :class:`ReplicaStack`).
+
     Other arguments are those of :func:`bjepa.inference.fit` (per replica: ``lr``, ``steps``,
     ``batch_size``...). Checkpointing and resuming are per model: use ``fit`` one model at a
     time for them.
