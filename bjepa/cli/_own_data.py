@@ -18,7 +18,7 @@ from typing import Any
 DEFAULTS: dict[str, Any] = {
     "model": "vjepa", "seed": 0, "steps": 2000, "lr": 3e-3, "batch_size": None, "beta": 0.01,
     "tau": 0.99, "encoder": "linear", "latent_dim": 4, "checkpoint_every": None,
-    "log_every": None, "device": "cpu", "progress": True,
+    "log_every": None, "device": "cpu", "progress": True, "weight_prior": None,
 }
 #: load options stored in the run (and reused by encode/predict)
 LOAD_KEYS = ("columns", "time_col", "episode_col", "missing", "key", "size", "grayscale", "crop")
@@ -127,7 +127,8 @@ def _config(args: argparse.Namespace, stored: dict[str, Any] | None) -> dict[str
              "batch_size": args.batch_size, "beta": args.beta, "tau": args.tau,
              "encoder": args.encoder, "latent_dim": args.latent_dim,
              "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-             "device": args.device, "progress": not args.no_progress}
+             "device": args.device, "progress": not args.no_progress,
+             "weight_prior": getattr(args, "weight_prior", None)}
     pair_given = {"context_frames": args.context_frames, "horizon": args.horizon,
                   "val_frac": args.val_frac, "test_frac": args.test_frac, "split": args.split}
     if stored is not None:
@@ -172,8 +173,14 @@ def build_model(cfg: dict[str, Any], obs_dim: int) -> Any:
     """The run's model from the registry (:mod:`bjepa.models.registry`)."""
     from bjepa.models.registry import build_model as build
 
+    extra = {}
+    if cfg.get("weight_prior") is not None:  # BJEPA with a weight posterior
+        if cfg["model"] != "bjepa":
+            raise ValueError(f"--weight-prior applies to --model bjepa only, not {cfg['model']}")
+        extra["weight_prior"] = cfg["weight_prior"]
     return build(cfg["model"], obs_dim, cfg["latent_dim"],
-                 settings={"encoder": cfg["encoder"], "beta": cfg["beta"], "tau": cfg["tau"]})
+                 settings={"encoder": cfg["encoder"], "beta": cfg["beta"], "tau": cfg["tau"]},
+                 **extra)
 
 
 def _subset(pairs: Any, limit: int) -> Any:
