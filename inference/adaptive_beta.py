@@ -275,13 +275,27 @@ class CalibratedBeta(AdaptiveBeta):
     :param draws: draws of ``z_T`` per pair.
     :param gain: default 2: an error of 0.05 in coverage (half the miss rate) moves β by
         ×e^{1} before clipping.
+    :param min_rate: optional second constraint, an information floor in nats per latent
+        dimension (the rate of :class:`TargetRate`): β then moves by the more violated of the
+        two constraints, so it is lowered while the rate is below the floor even when the
+        coverage is met. Use it where a wide posterior is easy to cover (an MDN head,
+        docs/adaptive_beta.md); costs a ``step_parts()`` evaluation per update.
+    :param site: the KL site of the rate (with ``min_rate``).
     """
 
     signal_name = "train_coverage90"
 
     def __init__(self, coverage: float = 0.9, *, level: float = 0.9, rows: int = 1024,
-                 draws: int = 4, gain: float = 2.0, seed: int = 0, **kwargs: Any) -> None:
+                 draws: int = 4, gain: float = 2.0, seed: int = 0,
+                 min_rate: float | None = None, site: str = "z_target", **kwargs: Any) -> None:
         super().__init__(gain=gain, **kwargs)
+        if min_rate is not None:
+            check_positive("min_rate", min_rate)
+            if not math.isfinite(min_rate):
+                raise ValueError(f"min_rate must be finite, got {min_rate!r}")
+        self.min_rate = min_rate
+        self.site = site
+        self.rate: float | None = None
         self.coverage = _check_fraction("coverage", coverage)
         self.level = _check_fraction("level", level)
         self.rows = check_positive_int("rows", rows)
@@ -330,8 +344,36 @@ class CalibratedBeta(AdaptiveBeta):
         return float(torch.stack(inside).mean())
 
     def signal(self, trainer: Trainer) -> float | None:
+        if self.min_rate is not None:
+            parts = trainer.step_parts()
+            key = f"kl_{self.site}"
+            if parts and key not in parts:
+                raise ValueError(f"CalibratedBeta(site={self.site!r}): the ELBO has no KL part "
+                                 f"{key!r} (parts: {sorted(parts)}); pass site=")
+            if parts:
+                model = trainer.model
+                rate = parts[key] / (getattr(model, self.attr) * model.latent_dim)
+                s = self.smoothing
+                self.rate = rate if self.rate is None else s * self.rate + (1 - s) * rate
         ctx, tgt = self._pairs(trainer)
         return self.measure(trainer.model, ctx, tgt)
 
     def error(self, value: float) -> float:
-        return (value - self.coverage) / (1.0 - self.coverage)
+        err = (value - self.coverage) / (1.0 - self.coverage)
+        if self.min_rate is not None and self.rate is not None:
+            err = min(err, math.log(max(self.rate, 1e-12) / self.min_rate))
+        return err
+
+    def on_record(self, trainer: Trainer, record: dict[str, float]) -> None:
+        super().on_record(trainer, record)
+        if self.rate is not None:
+            record["rate"] = float(self.rate)
+
+    def state(self, model: Any) -> dict[str, Any]:
+        return {**super().state(model), "rate": self.rate}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        super().on_fit_start(trainer)
+        saved = self._saved_state(trainer)
+        if saved is not None and saved.get("rate") is not None:
+            self.rate = float(saved["rate"])

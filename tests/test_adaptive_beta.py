@@ -191,3 +191,14 @@ def test_steers_bjepa(small_split):
                callbacks=[ctl])
     assert m.beta < 0.1 and hist.records[-1]["beta"] == pytest.approx(m.beta)
     assert "train_coverage90" in hist.records[-1]
+
+
+def test_rate_floor_lowers_beta_when_coverage_is_met(small_split):
+    # a trivial coverage alone lets β rise; an unreachable information floor pulls it down
+    ctl = CalibratedBeta(coverage=0.05, rows=256, min_rate=50.0, **FAST)
+    m, hist = _train(small_split, ctl)
+    assert m.beta < 0.1 / 5
+    assert "rate" in hist.records[-1] and "train_coverage90" in hist.records[-1]
+    assert ctl.state(m)["rate"] == pytest.approx(hist.records[-1]["rate"])
+    with pytest.raises(ValueError, match="min_rate"):
+        CalibratedBeta(min_rate=0.0)
