@@ -260,3 +260,26 @@ def test_linear_probe_is_ols_with_the_documented_tiny_ridge():
     want = np.mean(1 - ((yte - pred) ** 2).sum(0) / ((yte - yte.mean(0)) ** 2).sum(0))
     got = linear_probe_r2(*(torch.tensor(a) for a in (ztr, ytr, zte, yte)))
     assert got == pytest.approx(want, rel=1e-13, abs=1e-14)
+
+
+def test_logistic_probe_is_invariant_to_affine_feature_scales_and_checks_labels():
+    from bjepa.metrics import logistic_probe, logistic_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 2, generator=g, dtype=torch.float64)
+    y = (z @ torch.tensor([1.0, -2.0], dtype=torch.float64)
+         + 0.5 * torch.randn(200, generator=g, dtype=torch.float64) > 0).long()
+    scale, shift = torch.tensor([10.0, 0.1], dtype=torch.float64), 5.0
+    a = logistic_probe(z, y)
+    b = logistic_probe(z * scale + shift, y)  # features are standardised first
+    zt = torch.randn(50, 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(a.logits(zt), b.logits(zt * scale + shift), rtol=1e-4, atol=1e-4)
+    assert a.accuracy(z, y) > 0.85 and a.predict(zt).dtype == torch.long
+    assert logistic_probe_accuracy(z[:150], y[:150], z[150:], y[150:]) > 0.8
+    for bad in (y.double(), y.bool(), y[:, None], y[:10]):
+        with pytest.raises(ValueError, match="y_train"):
+            logistic_probe(z, bad)
+    with pytest.raises(ValueError, match=">= 0"):
+        logistic_probe(z, y - 1)
+    with pytest.raises(ValueError, match="l2"):
+        logistic_probe(z, y, l2=-1.0)

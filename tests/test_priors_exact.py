@@ -227,3 +227,13 @@ def test_gaussian_prior_scale_is_softplus_plus_a_small_floor(s):
     prior = GaussianPrior(2, scale=s).double()
     torch.testing.assert_close(prior.scale, torch.full((2,), s + 1e-6, dtype=torch.float64),
                                rtol=0, atol=4e-7)
+
+
+def test_prior_defaults_and_weight_checks():
+    fixed = GaussianPrior(2)
+    assert fixed.learnable is False and list(fixed.parameters()) == []
+    assert len(list(GaussianPrior(2, learnable=True).parameters())) == 2
+    with pytest.raises(ValueError, match="weights"):
+        MixturePrior(torch.zeros(2, 2), weights=torch.tensor([2.0, -1.0]))  # positive sum
+    with pytest.raises(ValueError, match="weights"):
+        MixturePrior(torch.zeros(2, 2), weights=torch.tensor([1.0, 1.0, 1.0]))
