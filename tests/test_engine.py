@@ -221,3 +221,28 @@ def test_model_kwargs_reach_the_program(xy):
     fit(Spy(20, 4), *xy, steps=3, progress=False, elbo="meanfield",
         model_kwargs={"eta": eta})
     assert seen and all(e is not None and torch.equal(e, eta) for e in seen)
+
+
+def test_shared_batch_replica_stacks_compile_and_match_eager_training():
+    """With shared mini-batches a replica stack's program is static, so the compiled ELBO
+    trains it — to float rounding the steps the eager ELBO takes."""
+    from bjepa.inference.replicas import ReplicaStack
+
+    train, _ = noisy_tv.make_split(2.0, 0, train_steps=301, test_steps=50)
+    ctx = torch.stack([train.obs[:-1]] * 3)
+    tgt = torch.stack([train.obs[1:]] * 3)
+    assert ReplicaStack([VJEPA(20, 4)] * 2, batches="shared").training_hints().jit_safe
+    assert not ReplicaStack([VJEPA(20, 4)] * 2).training_hints().jit_safe
+    runs = {}
+    for elbo in ("meanfield", "jit-meanfield"):
+        models = []
+        for s in range(3):
+            torch.manual_seed(s)
+            models.append(VJEPA(20, 4))
+        hists = fit(models, ctx, tgt, steps=30, lr=1e-2, seed=[0, 1, 2], batch_size=64,
+                    replica_batches="shared", elbo=elbo, progress=False)
+        assert all(h.elbo == elbo for h in hists)
+        runs[elbo] = models
+    for a, b in zip(runs["meanfield"], runs["jit-meanfield"], strict=True):
+        for p, q in zip(a.parameters(), b.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
