@@ -121,7 +121,9 @@ def test_quick_run_trains_probes_and_the_goal_prior(tmp_path, images):
         out = experiment.run(cfg, folder)
     assert [r["model"] for r in out["results"]] == ["vjepa", "bjepa"]
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in out["results"])
-    goals = {(g["goal"], g["goal_variance"]): g["accuracy"] for g in out["goal"]}
+    goals = {(g["goal"], g["goal_variance"]): g["accuracy"] for g in out["goal"]
+             if g["probe"] == "target"}
+    assert {g["probe"] for g in out["goal"]} == {"prediction", "target"}
     assert set(goals) == {("none", None), ("correct", 0.1), ("wrong", 0.1), ("correct", 10.0),
                           ("wrong", 10.0)}
     # a tight goal pulls the prediction to the goal's class, whichever it is

@@ -140,20 +140,33 @@ def goal_latents(model: Any, pools: digit_data.DigitPools) -> torch.Tensor:
 def goal_prior_accuracy(model: Any, train: digit_data.DigitSequence,
                         test: digit_data.DigitSequence, pools: digit_data.DigitPools,
                         variances: Sequence[float]) -> list[dict[str, Any]]:
-    """Next-class accuracy of the no-goal probe on goal-fused predictions (see the module
-    docstring): one row per (goal, s²)."""
+    """Next-class accuracy on goal-fused predictions (see the module docstring): one row per
+    (probe, goal, s²). Two probes, both fitted on the training sequence without any goal:
+
+    - ``"prediction"``: on the predicted next latents, to the next class;
+    - ``"target"``: on the target latents ``f_θ'(x_t)``, to the frame's own class — a read-out
+      of the space that goals and fused predictions live in.
+    """
     from bjepa.priors import GoalPrior
 
-    probe = logistic_probe(representation(model, train.obs), train.next_label, num_classes=10)
+    probes = {
+        "prediction": logistic_probe(representation(model, train.obs), train.next_label,
+                                     num_classes=10),
+        "target": logistic_probe(model.encode_target(train.obs), train.label, num_classes=10),
+    }
     goals = goal_latents(model, pools)
     right, wrong = goals[test.next_label], goals[(test.next_label + 5) % 10]
-    rows = [{"goal": "none", "goal_variance": None,
-             "accuracy": probe.accuracy(representation(model, test.obs), test.next_label)}]
-    for s2 in variances:
-        for kind, g in (("correct", right), ("wrong", wrong)):
-            fused = model.predict(test.obs, prior=GoalPrior(g, scale=float(np.sqrt(s2)))).mean
-            rows.append({"goal": kind, "goal_variance": s2,
-                         "accuracy": probe.accuracy(fused, test.next_label)})
+    plain = representation(model, test.obs)
+    fused = {(kind, s2): model.predict(test.obs, prior=GoalPrior(g, scale=float(np.sqrt(s2)))
+                                       ).mean
+             for s2 in variances for kind, g in (("correct", right), ("wrong", wrong))}
+    rows = []
+    for space, probe in probes.items():
+        rows.append({"probe": space, "goal": "none", "goal_variance": None,
+                     "accuracy": probe.accuracy(plain, test.next_label)})
+        for (kind, s2), z in fused.items():
+            rows.append({"probe": space, "goal": kind, "goal_variance": s2,
+                         "accuracy": probe.accuracy(z, test.next_label)})
     return rows
 
 
@@ -239,12 +252,15 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summarise_goal(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sd over seeds of the goal-prior accuracy per (σ, goal, s²)."""
-    keys = list(dict.fromkeys((r["sigma"], r["goal"], r["goal_variance"]) for r in rows))
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["sigma"], r.get("probe", "prediction"), r["goal"], r["goal_variance"]
+
     out = []
-    for sigma, goal, s2 in keys:
-        acc = np.array([r["accuracy"] for r in rows if (r["sigma"], r["goal"],
-                                                         r["goal_variance"]) == (sigma, goal, s2)])
-        out.append({"sigma": sigma, "goal": goal, "goal_variance": s2, "n": len(acc),
+    for k in dict.fromkeys(key(r) for r in rows):
+        sigma, probe, goal, s2 = k
+        acc = np.array([r["accuracy"] for r in rows if key(r) == k])
+        out.append({"sigma": sigma, "probe": probe, "goal": goal, "goal_variance": s2,
+                    "n": len(acc),
                     "mean": float(acc.mean()),
                     "sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0})
     return out
@@ -261,11 +277,11 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 
 
 def format_goal_table(summary: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'sigma':>5} {'goal':<8} {'s2':>5}  {'acc (mean ± sd)':>17}"]
+    lines = [f"{'sigma':>5} {'probe':<10} {'goal':<8} {'s2':>5}  {'acc (mean ± sd)':>17}"]
     for s in summary:
         s2 = "-" if s["goal_variance"] is None else f"{s['goal_variance']:g}"
-        lines.append(f"{s['sigma']:>5g} {s['goal']:<8} {s2:>5}  {s['mean']:>8.3f} ± "
-                     f"{s['sd']:.3f}")
+        lines.append(f"{s['sigma']:>5g} {s['probe']:<10} {s['goal']:<8} {s2:>5}  "
+                     f"{s['mean']:>8.3f} ± {s['sd']:.3f}")
     return "\n".join(lines)
 
 
@@ -310,15 +326,20 @@ def plot_goal(rows: Sequence[dict[str, Any]], path: Any) -> None:
     """Goal-prior accuracy against s² for the correct goal, a wrong goal and none."""
     plt = _plt()
     summary = summarise_goal(rows)
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     for sigma in dict.fromkeys(s["sigma"] for s in summary):
-        for goal, c in (("correct", "C2"), ("wrong", "C3")):
-            sel = [s for s in summary if s["sigma"] == sigma and s["goal"] == goal]
-            ax.errorbar([s["goal_variance"] for s in sel], [s["mean"] for s in sel],
-                        [s["sd"] for s in sel], fmt="o-", color=c, capsize=3,
-                        label=f"{goal} goal (σ={sigma:g})")
-        none = [s for s in summary if s["sigma"] == sigma and s["goal"] == "none"]
-        ax.axhline(none[0]["mean"], color="k", ls="--", label=f"no goal (σ={sigma:g})")
+        for probe, ls in (("prediction", "-"), ("target", "--")):
+            for goal, c in (("correct", "C2"), ("wrong", "C3")):
+                sel = [s for s in summary if s["sigma"] == sigma and s["goal"] == goal
+                       and s["probe"] == probe]
+                ax.errorbar([s["goal_variance"] for s in sel], [s["mean"] for s in sel],
+                            [s["sd"] for s in sel], fmt="o" + ls, color=c, capsize=3,
+                            label=f"{goal} goal, {probe} probe (σ={sigma:g})")
+            none = [s for s in summary if s["sigma"] == sigma and s["goal"] == "none"
+                    and s["probe"] == probe]
+            if none:
+                ax.axhline(none[0]["mean"], color="k", ls=ls,
+                           label=f"no goal, {probe} probe (σ={sigma:g})")
     ax.plot([0.1, 0.3, 1, 3, 10], REFERENCE_GOAL["correct"], "*", color="C2", mec="k", ms=10,
             label="reference correct (leaks labels)")
     ax.plot([0.1, 0.3, 1, 3, 10], REFERENCE_GOAL["wrong"], "*", color="C3", mec="k", ms=10,
