@@ -276,6 +276,8 @@ def test_logistic_probe_is_invariant_to_affine_feature_scales_and_checks_labels(
     torch.testing.assert_close(a.logits(zt), b.logits(zt * scale + shift), rtol=1e-4, atol=1e-4)
     assert a.accuracy(z, y) > 0.85 and a.predict(zt).dtype == torch.long
     assert logistic_probe_accuracy(z[:150], y[:150], z[150:], y[150:]) > 0.8
+    with pytest.raises(TypeError):
+        logistic_probe_accuracy(z[:150], y[:150], z[150:], y[150:], 1e-3)  # l2 keyword-only
     for bad in (y.double(), y.bool(), y[:, None], y[:10]):
         with pytest.raises(ValueError, match="y_train"):
             logistic_probe(z, bad)
