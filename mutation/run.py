@@ -23,6 +23,7 @@ Results: ``<workdir>/.mutation/<module>.sqlite`` (cosmic-ray sessions) and a sum
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -333,10 +334,17 @@ def main(argv: list[str] | None = None) -> int:
                                                           state / "pytest.sock", timeout)
         write_config(cfg, module, python, timeout,
                      None if server is None else state / "pytest.sock")
-        if db.exists() and (args.fresh or not _has_specs(db)):  # or an interrupted init
+        source = hashlib.sha256((workdir / module).read_bytes()).hexdigest()
+        stamp = db.with_suffix(".source")
+        stale = db.exists() and (not stamp.exists() or stamp.read_text() != source)
+        if db.exists() and (args.fresh or stale or not _has_specs(db)):
+            # a fresh start, a module changed since (mutant positions no longer fit), or an
+            # interrupted init
             db.unlink()
+            db.with_suffix(".sample.json").unlink(missing_ok=True)
         if not db.exists():
             sh([cr, "init", str(cfg), str(db)], cwd=workdir)
+            stamp.write_text(source)
             sh([str(Path(python).parent / "cr-filter-operators"), str(db), str(cfg)],
                cwd=workdir)
         if args.sample:
