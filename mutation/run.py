@@ -227,9 +227,13 @@ def apply_sample(db: Path, n: int, seed: int) -> list[str]:
     recorded next to the session, so a resumed run keeps it."""
     record = db.with_suffix(".sample.json")
     if record.exists():
-        return json.loads(record.read_text())
+        chosen = json.loads(record.read_text())
+        if len(chosen) >= n:
+            return chosen
+        record.unlink()  # a larger sample: draw again from every mutant
     con = sqlite3.connect(db)
     try:
+        con.execute("delete from work_results where output = 'not sampled'")
         rows = con.execute(
             "select s.job_id, r.worker_outcome from mutation_specs s left join work_results r "
             "on r.job_id = s.job_id order by s.job_id").fetchall()
