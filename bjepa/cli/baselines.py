@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="state size of the learned models (default 4)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
     p.add_argument("--quick", action="store_true",
-                   help="σ ∈ {0, 8}, one seed, 100 steps on 1500 frames")
+                   help="σ ∈ {0, 8}, one seed, 60 steps on 1000 frames")
     p.add_argument("--out", default=None, help="run folder (default: runs/baselines-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
     p.set_defaults(func=run)

@@ -55,7 +55,7 @@ class BaselinesConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> BaselinesConfig:
         """σ ∈ {0, 8}, one seed, short trajectories and budgets (about two minutes)."""
-        base = dict(sigmas=[0.0, 8.0], seeds=[0], steps=100, train_steps=1500, test_steps=600)
+        base = dict(sigmas=[0.0, 8.0], seeds=[0], steps=60, train_steps=1000, test_steps=500)
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
     def validate(self) -> BaselinesConfig:
