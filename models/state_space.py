@@ -51,6 +51,10 @@ def frame_windows(frames: torch.Tensor, window: int, burn_in: int = 0) -> torch.
     """Consecutive, non-overlapping windows of ``burn_in + window`` frames: ``(n, burn_in +
     window, D)`` where window ``j`` scores frames ``burn_in + j·window … burn_in + (j+1)·window
     − 1`` and is preceded by its ``burn_in`` frames (which the previous window scores)."""
+    if frames.dim() != 2:
+        raise ValueError(f"sequence models take frames of shape (T, obs_dim), got "
+                         f"{tuple(frames.shape)}; they cannot be trained as a replica stack: "
+                         "train one model at a time (fit(..., replicas=1), --replicas 1)")
     n = (frames.shape[-2] - burn_in) // window
     if n < 1:
         raise ValueError(f"context has {frames.shape[-2]} frames, fewer than one window of "

@@ -37,6 +37,8 @@ def test_frame_windows_cut_consecutive_frames():
     assert frame_windows(x, 5).shape == (4, 5, 2)
     with pytest.raises(ValueError, match="window"):
         frame_windows(x, 30)
+    with pytest.raises(ValueError, match="replicas=1"):
+        frame_windows(x.expand(2, 23, 2), 5)
     assert window_batch(None, 5, 4) is None
     assert window_batch(12, 5, 4) == 3
     assert window_batch(1000, 5, 4) == 4
