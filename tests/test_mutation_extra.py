@@ -285,3 +285,25 @@ def test_logistic_probe_is_invariant_to_affine_feature_scales_and_checks_labels(
         logistic_probe(z, y - 1)
     with pytest.raises(ValueError, match="l2"):
         logistic_probe(z, y, l2=-1.0)
+
+
+def test_r2_treats_numerically_constant_columns_as_constant():
+    g = torch.Generator().manual_seed(0)
+    y = 1.0 + 1e-7 * torch.randn(100, 1, generator=g, dtype=torch.float64)  # SST ~ 1e-12
+    assert math.isnan(r2_score(y, torch.ones_like(y)).item())
+    y2 = 1.0 + 1e-3 * torch.randn(100, 1, generator=g, dtype=torch.float64)
+    assert math.isfinite(r2_score(y2, torch.ones_like(y2)).item())
+    a, b = _correlated(50, [0.5])
+    with pytest.raises(TypeError):
+        predictive_information(a, b, 1e-6)  # ridge is keyword-only
+
+
+def test_logistic_probe_fits_its_intercept():
+    from bjepa.metrics import logistic_probe
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(300, 2, generator=g, dtype=torch.float64)
+    y = (torch.rand(300, generator=g) < 0.9).long()  # 90 % class 1, unrelated to z
+    probe = logistic_probe(z, y)
+    assert float(probe.bias[1] - probe.bias[0]) > 1.5  # log-odds of 9 : 1 ≈ 2.2
+    assert probe.accuracy(z, y) > 0.85

@@ -237,3 +237,29 @@ def test_prior_defaults_and_weight_checks():
         MixturePrior(torch.zeros(2, 2), weights=torch.tensor([2.0, -1.0]))  # positive sum
     with pytest.raises(ValueError, match="weights"):
         MixturePrior(torch.zeros(2, 2), weights=torch.tensor([1.0, 1.0, 1.0]))
+
+
+def test_priors_with_star_arguments_save_and_rebuild():
+    from bjepa.priors import build_prior, prior_spec, register_prior
+
+    @register_prior("test_star_prior")
+    class StarPrior(LatentPrior):
+        def __init__(self, *centres):
+            super().__init__(len(centres))
+            self.register_buffer("centres", torch.tensor(centres))
+
+        def log_prob(self, z, eta=None):
+            return -(z - self.centres).pow(2).sum(-1)
+
+    spec = prior_spec(StarPrior(1.0, 2.0))
+    assert spec["args"] == {"*centres": [1.0, 2.0]} and spec["name"] == "test_star_prior"
+    rebuilt = build_prior(spec)
+    torch.testing.assert_close(rebuilt.centres, torch.tensor([1.0, 2.0]))
+
+
+def test_a_full_covariance_prediction_stays_full_covariance_after_fusion():
+    like = MultivariateNormal(torch.zeros(3, 2), torch.eye(2))  # diagonal, but an MVN
+    fused = fuse(like, GaussianPrior(2, scale=2.0))
+    assert isinstance(fused, MultivariateNormal)
+    torch.testing.assert_close(fused.covariance_matrix[0], 0.8 * torch.eye(2), rtol=1e-5,
+                               atol=1e-6)
