@@ -131,6 +131,10 @@ def _check_same_architecture(members: Sequence[WorldModel]) -> None:
         if other != shapes or m.hparams != first.hparams:
             raise ValueError(f"models[{i}] has other settings or parameter shapes than "
                              "models[0]; replicas must be built with the same arguments")
+    if not first.training_hints().stackable:
+        raise ValueError(f"{type(first).__name__} models cannot be trained as one replica stack "
+                         "(they read their data as one time series); fit them one at a time "
+                         "(noisy-tv does so automatically)")
     if getattr(first, "weight_guide", None) is not None:
         raise ValueError("replicas do not support BJEPA weight priors (an autoguide per "
                          "replica); train those models one at a time")

@@ -63,12 +63,15 @@ class TrainingHints:
         stack: replicas × data).
     :param replicas: how many models the program trains at once (the loss per observation is
         divided by rows × replicas).
+    :param stackable: whether several models of this class can train as one replica stack
+        (sequence models that read their data as one time series cannot).
     """
 
     min_batch_size: int = 1
     jit_safe: bool = True
     max_plate_nesting: int = 1
     replicas: int = 1
+    stackable: bool = True
 
 
 def per_row_loss(loss_fn: ELBO, model: Any, context: torch.Tensor,
@@ -148,6 +151,8 @@ class WorldModel(PyroModule):
     jit_safe: bool = True
     #: rows a training step needs at least
     min_batch_size: int = 1
+    #: whether several models of this class can train as one replica stack
+    stackable: bool = True
     #: ``"cca"``: :meth:`prepare` gives the encoder its data-dependent start; ``"random"``: none
     init: str = "random"
 
@@ -262,7 +267,8 @@ class WorldModel(PyroModule):
     # -- the training protocol (the trainer and a plain Pyro loop call the same hooks) --------
     def training_hints(self) -> TrainingHints:
         """What the trainer needs to know about this model."""
-        return TrainingHints(min_batch_size=self.min_batch_size, jit_safe=self.jit_safe)
+        return TrainingHints(min_batch_size=self.min_batch_size, jit_safe=self.jit_safe,
+                             stackable=self.stackable)
 
     def step_inputs(self, context: torch.Tensor, target: torch.Tensor | None,
                     batch_size: int | None, **model_kwargs: Any

@@ -62,6 +62,7 @@ class RSSM(WorldModel):
 
     probe_offset = 1
     needs_target = False
+    stackable = False  # reads its data as one time series
     jit_safe = False  # a Python loop over time with a constrained PyroParam
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, hidden_dim: int = 32,

@@ -173,6 +173,7 @@ class LinearGaussianSSM(WorldModel):
     probe_offset = 1
     needs_target = False
     jit_safe = False  # constrained PyroParams are read outside Pyro's param replay
+    stackable = False  # reads its data as one time series
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, window: int = 50,
                  init: str = "cca") -> None:

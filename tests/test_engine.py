@@ -246,3 +246,20 @@ def test_shared_batch_replica_stacks_compile_and_match_eager_training():
     for a, b in zip(runs["meanfield"], runs["jit-meanfield"], strict=True):
         for p, q in zip(a.parameters(), b.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_models_train_one_at_a_time_in_noisy_tv(tmp_path):
+    """Models that cannot be stacked (they read one time series) are refused by replica
+    training with the fix, and noisy-tv trains them one at a time by itself."""
+    from bjepa.experiments.noisy_tv import NoisyTVConfig, run
+    from bjepa.models.registry import build_model
+
+    m = build_model("lgssm", 20, 4)
+    assert not m.training_hints().stackable
+    with pytest.raises(ValueError, match="one at a time"):
+        fit([build_model("lgssm", 20, 4), build_model("lgssm", 20, 4)],
+            torch.randn(2, 50, 20), None, steps=2, progress=False)
+    cfg = NoisyTVConfig(models=["lgssm"], sigmas=[0.0], seeds=[0, 1], steps=3,
+                        train_steps=300, test_steps=100, progress=False)
+    rows = run(cfg)
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["replicas"] == 1 for r in rows)

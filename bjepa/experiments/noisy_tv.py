@@ -169,6 +169,9 @@ def run(cfg: NoisyTVConfig, folder: RunFolder | None = None, *,
                           resume)
 
     def run_group(name: str, group: list[GridPoint]) -> list[dict[str, Any]]:
+        obs_dim = split(group[0].setting, group[0].seed)[0].obs.shape[1]
+        if not build_model(name, obs_dim, cfg).training_hints().stackable:
+            return [run_one(p) for p in group]  # sequence models train one at a time
         return _train_batched(name, [(p.setting, p.seed) for p in group], cfg, split, folder)
 
     points = grid_points(cfg.models, cfg.sigmas, cfg.seeds)  # σ, then seed, then model
