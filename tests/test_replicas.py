@@ -6,8 +6,8 @@ import torch
 from bjepa.data import noisy_tv
 from bjepa.inference import fit
 from bjepa.inference.fit import resolve_elbo, set_seed
-from bjepa.models import BJEPA, JEPA, VAE, VJEPA, AutoRegressive
 from bjepa.inference.replicas import ReplicaStack
+from bjepa.models import BJEPA, JEPA, VAE, VJEPA, AutoRegressive
 
 CLASSES = {"vjepa": VJEPA, "bjepa": BJEPA, "jepa": JEPA, "vae": VAE, "ar": AutoRegressive}
 SEEDS, SIGMAS = [3, 1, 4], [0.0, 2.0, 8.0]
