@@ -37,6 +37,8 @@ import torch
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
 
+from bjepa.inference.jit import WrappedELBO
+
 __all__ = ["InductorELBO"]
 
 logger = logging.getLogger(__name__)
@@ -65,24 +67,16 @@ def _pyro_traceable() -> Iterator[None]:
         yield
 
 
-class InductorELBO(ELBO):
+class InductorELBO(WrappedELBO):
     """``base``'s loss and gradients as one TorchInductor-compiled graph (see the module
     docstring). ``loss_and_grads(model, guide, *args, **kwargs)`` needs ``model`` to be a bound
     method of a torch module (a bjepa world model)."""
 
     def __init__(self, base: ELBO, *, strict: bool = True) -> None:
-        super().__init__(num_particles=base.num_particles,
-                         max_plate_nesting=base.max_plate_nesting,
-                         vectorize_particles=base.vectorize_particles)
-        self.base = base
-        self.strict = strict
-        self.fallen_back = False
+        super().__init__(base, strict=strict)
         self._graphs: dict[str, tuple[Callable, list[bool]]] = {}
 
     # -- eager forms (evaluation, diagnostics) -----------------------------------------------
-    def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
-        return self.base._get_trace(model, guide, args, kwargs)
-
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         return self.base.loss(model, guide, *args, **kwargs)
 

@@ -70,7 +70,24 @@ def _identity(fn: Callable) -> Any:
     return (id(owner), id(fn.__func__)) if owner is not None else id(fn)
 
 
-class CompiledELBO(ELBO):
+class WrappedELBO(ELBO):
+    """An ELBO that computes what ``base`` computes by another route (the compiled ELBOs):
+    same particles and plate nesting, the base's traces; ``strict=False`` lets a subclass
+    fall back to the eager base (``fallen_back``) when compiling fails."""
+
+    def __init__(self, base: ELBO, *, strict: bool = True) -> None:
+        super().__init__(num_particles=base.num_particles,
+                         max_plate_nesting=base.max_plate_nesting,
+                         vectorize_particles=base.vectorize_particles)
+        self.base = base
+        self.strict = strict
+        self.fallen_back = False
+
+    def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
+        return self.base._get_trace(model, guide, args, kwargs)
+
+
+class CompiledELBO(WrappedELBO):
     """Compile ``base``'s loss (any eager Pyro ELBO) with :func:`pyro.ops.jit.trace`.
 
     The model and guide must have a static structure for a given key (shapes, flags), which
@@ -83,13 +100,7 @@ class CompiledELBO(ELBO):
     """
 
     def __init__(self, base: ELBO, *, strict: bool = True) -> None:
-        super().__init__(num_particles=base.num_particles,
-                         max_plate_nesting=base.max_plate_nesting,
-                         vectorize_particles=base.vectorize_particles)
-        self.base = base
-        #: with ``strict=False`` a program that cannot be traced runs eagerly instead
-        self.strict = strict
-        self.fallen_back = False
+        super().__init__(base, strict=strict)
         self._fn: Callable[..., torch.Tensor] | None = None
         self._compiled_keys: set[str] = set()
         self._current: tuple[Callable, Callable] | None = None
@@ -136,9 +147,6 @@ class CompiledELBO(ELBO):
                 return self.base.differentiable_loss(model, guide, *args, **kwargs)
             self._compiled_keys.add(key)
         return self._fn(*args, **keyed)
-
-    def _get_trace(self, model: Callable, guide: Callable, args: Any, kwargs: Any) -> Any:
-        return self.base._get_trace(model, guide, args, kwargs)
 
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         with torch.no_grad():
