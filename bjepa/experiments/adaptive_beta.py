@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bjepa._util import seeded
 from bjepa._validation import check_positive, check_positive_int
@@ -27,6 +27,9 @@ from bjepa.experiments.grid import summarise_rows
 from bjepa.experiments.sweeps import evaluate
 from bjepa.inference import CalibratedBeta, Callback, TargetRate, fit
 from bjepa.inference.fit import set_seed
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "SCHEMES",
@@ -136,13 +139,8 @@ def run_noisy_tv(cfg: AdaptiveBetaConfig, out: str | Path | None = None, *,
                                            calibration_draws=cfg.calibration_draws)
                     row = {"scheme": scheme, "beta0": beta0, "sigma": sigma, "seed": seed,
                            "beta": float(model.beta), **metrics,
-                           "train_seconds": round(hist.seconds, 2),
-                           "trace": [[r["step"], r.get("beta", beta0)] for r in hist.records]}
-                    rows.append(row)
-                    if path is not None:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        with path.open("a", encoding="utf-8") as f:
-                            f.write(json.dumps(row) + "\n")
+                           **_training_columns(hist, beta0)}
+                    rows.append(_append_row(path, row))
                     logger.info("%s β₀=%g σ=%g seed=%d → β=%.3g R²=%.4f cov90=%.3f KL/dim=%.2f "
                                 "(%.0fs)", scheme, beta0, sigma, seed, row["beta"],
                                 row["signal_r2"], row["coverage90"], row["kl_per_dim"],
@@ -235,7 +233,6 @@ def run_hallway(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
     import torch
 
     from bjepa.data import hallway as hw
-    from bjepa.diagnostics import calibrate, collapse_diagnostics
     from bjepa.experiments import hallway as hx
 
     options = options or {}
@@ -260,26 +257,48 @@ def run_hallway(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
             torch.manual_seed(seed)
             probe = hx.fit_position_probe(model, train)
             metrics, _ = hx.evaluate(model, probe, test, cfg)
-            with torch.no_grad():
-                draws = model.target_dist(test.target).sample((4,))
-                rep = calibrate(model.predict(test.context), draws,
-                                target="the next latent z_T ~ q(z_T | x_T)")
-            col = collapse_diagnostics(model, test.context, test.target)
             row = {"scheme": scheme, "beta0": beta0, "seed": seed, "beta": float(model.beta),
-                   **metrics, "coverage90": rep.coverage_at(0.9),
-                   "kl_per_dim": float(sum(col.kl_per_dim) / len(col.kl_per_dim)),
-                   "train_seconds": round(hist.seconds, 2),
-                   "trace": [[r["step"], r.get("beta", beta0)] for r in hist.records]}
-            rows.append(row)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                   **metrics, **_latent_calibration(model, test.context, test.target, None),
+                   **_training_columns(hist, beta0)}
+            rows.append(_append_row(path, row))
             logger.info("hallway %s β₀=%g seed=%d → β=%.3g NLL fork %.3f both modes %.2f "
                         "cov90 %.3f KL/dim %.2f (%.0fs)", scheme, beta0, seed, row["beta"],
                         row["nll_fork"], row["both_modes"], row["coverage90"],
                         row["kl_per_dim"], hist.seconds)
     return rows
+
+
+def _latent_calibration(model: Any, context: torch.Tensor, target: torch.Tensor,
+                        seed: int | None) -> dict[str, float]:
+    """90 % coverage of target-posterior draws under the predictive (draws seeded with
+    ``seed``; ``None``: the caller's stream) and the mean KL per latent dimension."""
+    import torch
+
+    from bjepa.diagnostics import calibrate, collapse_diagnostics
+
+    with torch.no_grad(), seeded(seed):
+        draws = model.target_dist(target).sample((4,))
+        rep = calibrate(model.predict(context), draws,
+                        target="the next latent z_T ~ q(z_T | x_T)")
+    col = collapse_diagnostics(model, context, target)
+    return {"coverage90": rep.coverage_at(0.9),
+            "kl_per_dim": float(sum(col.kl_per_dim) / len(col.kl_per_dim))}
+
+
+def _training_columns(hist: Any, beta0: float) -> dict[str, Any]:
+    """Training time and the β trace ``[[step, β], ...]`` of a history."""
+    return {"train_seconds": round(hist.seconds, 2),
+            "trace": [[r["step"], r.get("beta", beta0)] for r in hist.records]}
+
+
+def _append_row(path: Path | None, row: dict[str, Any]) -> dict[str, Any]:
+    """Append ``row`` to the JSON-lines file ``path`` (if any) as soon as it exists, so an
+    interrupted run keeps what it finished; returns ``row``."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def plot_on_sweep(rows: Sequence[dict[str, Any]], sweep: Sequence[dict[str, Any]],
@@ -338,9 +357,7 @@ def run_atari(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
     documented default configuration (``overrides`` change it), trained per ``(scheme, β₀)``
     and seed; rows hold the linear and MLP probe R² (:func:`bjepa.experiments.atari.probe`),
     the final β, the 90 % coverage of target draws and the KL per dimension on test pairs."""
-    import torch
 
-    from bjepa.diagnostics import calibrate, collapse_diagnostics
     from bjepa.experiments import atari as ax
 
     options = options or {}
@@ -362,22 +379,12 @@ def run_atari(schemes: Sequence[tuple[str, float]], seeds: Sequence[int], *,
                        callbacks=[] if ctl is None else [ctl])
             model.eval()
             scores = ax.probe(model, train, test, cfg, seed=seed)
-            with torch.no_grad(), seeded(seed):
-                draws = model.target_dist(test.target).sample((4,))
-                rep = calibrate(model.predict(test.context), draws,
-                                target="the next latent z_T ~ q(z_T | x_T)")
-            col = collapse_diagnostics(model, test.context, test.target)
             row = {"scheme": scheme, "beta0": beta0, "sigma": sigma, "seed": seed,
                    "beta": float(model.beta), "linear_r2": scores["linear_r2"],
-                   "mlp_r2": scores["mlp_r2"], "coverage90": rep.coverage_at(0.9),
-                   "kl_per_dim": float(sum(col.kl_per_dim) / len(col.kl_per_dim)),
-                   "train_seconds": round(hist.seconds, 2),
-                   "trace": [[r["step"], r.get("beta", beta0)] for r in hist.records]}
-            rows.append(row)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                   "mlp_r2": scores["mlp_r2"],
+                   **_latent_calibration(model, test.context, test.target, seed),
+                   **_training_columns(hist, beta0)}
+            rows.append(_append_row(path, row))
             logger.info("atari %s β₀=%g seed=%d → β=%.3g linear R² %.3f MLP R² %.3f cov90 %.3f "
                         "KL/dim %.2f (%.0fs)", scheme, beta0, seed, row["beta"],
                         row["linear_r2"], row["mlp_r2"], row["coverage90"], row["kl_per_dim"],
