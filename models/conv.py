@@ -345,3 +345,7 @@ def conv_encoder_name(frames: int, height: int, width: int | None = None, *,
 
 register_encoder("deconv", deconv_factory())
 register_encoder("conv", conv_factory(), decoder="deconv")
+
+# the ViT encoder ("vit") uses this module's geometry rules; importing it here registers it
+# wherever the conv encoders are registered
+from bjepa.models import vit as _vit  # noqa: E402, F401
