@@ -36,9 +36,9 @@ from pyro.nn import PyroParam, pyro_method
 from torch import nn
 from torch.distributions import Distribution, constraints
 
-from bjepa._validation import check_nonnegative, check_positive_int
+from bjepa._validation import check_choice, check_nonnegative, check_positive_int
 from bjepa.models.base import WorldModel
-from bjepa.models.encoders import make_encoder
+from bjepa.models.encoders import DECODERS, ENCODERS, make_encoder
 from bjepa.models.heads import positive_scale
 from bjepa.models.registry import register_model
 from bjepa.models.state_space import frame_windows, window_batch
@@ -58,6 +58,12 @@ class RSSM(WorldModel):
     :param beta: KL weight β (1 = the ELBO).
     :param window: frames per training window (the BPTT truncation length).
     :param burn_in: frames filtered without gradient before each window to start its state.
+    :param obs_encoder: an image encoder family (``"conv"``, ``"vit"`` or a registered
+        geometry such as ``"conv2x32x32"``) for a CNN-RSSM: the posterior then reads
+        ``[h_t, e(x_t)]`` with ``e`` that network (output ``embed_dim``), and the decoder is the
+        family's decoder (transposed convolutions). ``None`` (default): the posterior reads the
+        raw frame and ``encoder`` builds the decoder.
+    :param embed_dim: size of the image embedding ``e(x_t)`` (with ``obs_encoder``).
     """
 
     probe_offset = 1
@@ -67,7 +73,7 @@ class RSSM(WorldModel):
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, hidden_dim: int = 32,
                  encoder: str = "mlp", net_dim: int = 64, beta: float = 1.0, window: int = 32,
-                 burn_in: int = 8) -> None:
+                 burn_in: int = 8, obs_encoder: str | None = None, embed_dim: int = 64) -> None:
         for name, value in [("obs_dim", obs_dim), ("latent_dim", latent_dim),
                             ("hidden_dim", hidden_dim), ("net_dim", net_dim),
                             ("window", window)]:
@@ -88,8 +94,20 @@ class RSSM(WorldModel):
         self.cell = nn.GRUCell(latent_dim, hidden_dim)
         net = dict(hidden_dim=net_dim, bias=True)
         self.prior_net = make_encoder(encoder, hidden_dim, 2 * latent_dim, **net)
-        self.posterior_net = make_encoder(encoder, hidden_dim + obs_dim, 2 * latent_dim, **net)
-        self.decoder = make_encoder(encoder, hidden_dim + latent_dim, obs_dim, **net)
+        self.obs_embed: nn.Module | None = None
+        if obs_encoder is None:
+            self.posterior_net = make_encoder(encoder, hidden_dim + obs_dim, 2 * latent_dim,
+                                              **net)
+            self.decoder = make_encoder(encoder, hidden_dim + latent_dim, obs_dim, **net)
+        else:
+            check_positive_int("embed_dim", embed_dim)
+            check_choice("obs_encoder", obs_encoder, ENCODERS)
+            self.hparams.update(obs_encoder=obs_encoder, embed_dim=embed_dim)
+            self.obs_embed = make_encoder(obs_encoder, obs_dim, embed_dim, **net)
+            self.posterior_net = make_encoder(encoder, hidden_dim + embed_dim, 2 * latent_dim,
+                                              **net)
+            self.decoder = make_encoder(DECODERS[obs_encoder], hidden_dim + latent_dim,
+                                        obs_dim, **net)
         self.obs_scale = PyroParam(torch.ones(obs_dim), constraint=constraints.positive)
 
     # -- distributions ----------------------------------------------------------------------
@@ -103,7 +121,8 @@ class RSSM(WorldModel):
 
     def posterior_dist(self, h: torch.Tensor, x: torch.Tensor) -> Distribution:
         """``q(z_t | h_t, x_t)``."""
-        return self._normal(self.posterior_net(torch.cat([h, x], dim=-1)))
+        feats = x if self.obs_embed is None else self.obs_embed(x)
+        return self._normal(self.posterior_net(torch.cat([h, feats], dim=-1)))
 
     def likelihood_dist(self, h: torch.Tensor, z: torch.Tensor) -> Distribution:
         """``p(x_t | h_t, z_t)``."""
