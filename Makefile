@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU wheel that ships on this machine kind
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,atari,data,docs,tensorboard,graph]"
+	$(PY) -m pip install --quiet -e ".[dev,atari,control,data,docs,tensorboard,graph]"
 	touch $(STAMP)
 
 install: $(STAMP)
