@@ -102,8 +102,8 @@ class MovingDigitsConfig:
     digit_size: int = 16
     max_speed: int = 3
     length: int = 24
-    train_episodes: int = 160
-    test_episodes: int = 60
+    train_episodes: int = 400
+    test_episodes: int = 100
     context_frames: int = 2
     encoder: str = "conv"
     channels: list[int] = field(default_factory=lambda: [8, 16, 16])
@@ -121,9 +121,9 @@ class MovingDigitsConfig:
     rssm_window: int = 16
     rssm_burn_in: int = 4
     steps: int = 600
-    rssm_steps: int = 150
+    rssm_steps: int = 100
     batch_size: int = 64
-    rssm_batch_size: int = 256
+    rssm_batch_size: int = 128
     lr: float = 1e-3
     source: str = "sklearn"
     device: str = "cpu"
