@@ -33,6 +33,7 @@ from pyro.nn import pyro_method
 from torch.distributions import Distribution
 
 from bjepa._validation import check_positive_int, check_tensor
+from bjepa.metrics import predictive_information
 from bjepa.models.base import (
     canonical_directions,
     init_input_layer,
@@ -160,6 +161,18 @@ class ActionVJEPA(VJEPA):
         z_context = torch.cat([encoder(x), u.to(x)], dim=1)
         self._init_head(z_context, self._ema(target) if self._ema else encoder(target))
         return rho
+
+    @torch.no_grad()
+    def selection_score(self, context: torch.Tensor, target: torch.Tensor | None = None, *,
+                        chunk: int = 2048, seed: int = 0) -> float:
+        """The predictive information ``I([f_θ(x_t), u_t]; f_θ'(x_{t+1}))`` (nats, Gaussian
+        estimate) on a packed ``context``: VJEPA's label-free score for comparing training
+        restarts (:meth:`~bjepa.models.base.WorldModel.selection_score`), with the actions
+        beside the latent as the predictor reads them. 0 for a collapsed encoder."""
+        context, target = self.check_inputs(context, target)
+        x, u = self.split(context)
+        za = torch.cat([self.encode(x), u.to(x)], dim=1).double()
+        return predictive_information(za, self._ema(self.as_input("target", target)).double())
 
     # -- public API -------------------------------------------------------------------------
     def predict(self, context: torch.Tensor) -> Distribution:

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", choices=["cca", "random"], default=None,
                    help="start of VJEPA, BJEPA and JEPA: cca (default; first convolution and "
                    "last layer at context-target canonical directions) or random")
+    p.add_argument("--actions", action="store_true", default=None,
+                   help="action-conditioned VJEPA/BJEPA: the predictor reads the one-hot "
+                   "actions that produce the target frames (default models: vjepa,bjepa); "
+                   "see docs/atari.md#with-actions")
+    p.add_argument("--past-actions", type=int, default=None,
+                   help="with --actions, also feed the last N actions of the context (the "
+                   "paddle answers with a lag; default 1, at most --context-frames)")
     p.add_argument("--restarts", type=int, default=None,
                    help="train each model this many times from different initial weights and "
                    "keep the restart with the best label-free score (predictive information "
@@ -49,7 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bjepa.experiments.atari import AtariConfig, compare, format_table, summarise
+    from bjepa.experiments.atari import (
+        AtariConfig,
+        compare,
+        format_label_table,
+        format_table,
+        summarise,
+    )
     from bjepa.experiments.atari import run as run_experiment
     from bjepa.runs import RunFolder, default_run_dir
 
@@ -64,10 +77,15 @@ def run(args: argparse.Namespace) -> int:
         "train_episodes": args.episodes, "test_episodes": args.test_episodes,
         "episode_steps": args.episode_steps, "other_game": args.other_game, "beta": args.beta,
         "tau": args.tau, "init": args.init, "steps": args.steps, "restarts": args.restarts,
+        "actions": args.actions, "past_actions": args.past_actions,
         "lr": args.lr, "batch_size": args.batch_size, "cache_dir": args.cache_dir,
         "threads": args.threads, "device": args.device,
         "progress": not args.no_progress,
     }
+    if args.actions and not args.models:
+        from bjepa.experiments.atari import ACTION_MODELS
+
+        overrides["models"] = list(ACTION_MODELS)
     if args.quick:
         cfg = AtariConfig.quick(**overrides)
     else:
@@ -75,16 +93,23 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     folder = RunFolder(args.out or default_run_dir("atari"), overwrite=args.overwrite)
     n = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
-    print(f"Atari ({cfg.game}, {cfg.distractor} distractor): {n} runs ({', '.join(cfg.models)} "
-          f"× σ {cfg.sigmas} × seeds {cfg.seeds}), {cfg.steps} steps × {cfg.restarts} "
-          f"restart(s) each → {folder.path}")
+    acts = f", actions a_t+{1 - cfg.past_actions}..a_t+{cfg.context_frames}" if cfg.actions \
+        else ""
+    print(f"Atari ({cfg.game}, {cfg.distractor} distractor{acts}): {n} runs "
+          f"({', '.join(cfg.models)} × σ {cfg.sigmas} × seeds {cfg.seeds}), {cfg.steps} "
+          f"steps × {cfg.restarts} restart(s) each → {folder.path}")
     rows = run_experiment(cfg, folder)
     print(format_table(summarise(rows)))
+    if cfg.actions:
+        from bjepa.data.atari import game_spec
+
+        print(format_label_table(rows, game_spec(cfg.game).label_names[0]))
     if {"vjepa", "vae"} <= set(cfg.models):
         c = compare(rows)
         print(f"\nσ={c['sigma']:g}: VJEPA − VAE mean linear R² = {c['margin']:+.3f}, spread over "
               f"seeds (max range) = {c['spread']:.3f} → "
               f"{'margin exceeds spread' if c['passes'] else 'not separated'}")
     print(f"\nwrote {folder.path}/: config.json metrics.jsonl checkpoints/ results.csv "
-          "results.json r2_vs_sigma.png r2_by_label.png frames.png")
+          "results.json r2_vs_sigma.png r2_by_label.png frames.png"
+          + (" r2_<first label>.png (Pong: r2_player_y.png)" if cfg.actions else ""))
     return 0

@@ -17,6 +17,13 @@ flicker), cropped to the game's play area (Pong: rows 34–193, dropping the sco
 downsampled by area averaging to ``size × size`` (default 48). The 128 bytes of console RAM are
 recorded for the same step.
 
+**Actions.** ``actions[t]`` is the index (in the game's minimal action set,
+:func:`action_names`) of the action the policy took at agent step ``t``: the action repeated
+over the ``frame_skip`` emulator frames that *end* in frame ``t``. Pong's paddle answers with a
+lag: the move from frame ``t`` to ``t+1`` depends on ``actions[t]`` more than on
+``actions[t+1]`` (``tests/test_atari_actions.py`` checks the alignment on the RAM).
+:func:`one_hot` turns indices into the one-hot vectors an action-conditioned model reads.
+
 **Labels.** A :class:`GameSpec` declares labels as RAM addresses (Pong: ``player_y = ram[51]``,
 ``enemy_y = ram[50]``, ``ball_x = ram[49]``, ``ball_y = ram[54]``) and optionally a
 ``visible(screen, ram)`` function marking, per label, whether the object is on screen (Pong:
@@ -72,12 +79,14 @@ __all__ = [
     "Downsampler",
     "GameSpec",
     "Step",
+    "action_names",
     "default_cache_dir",
     "distracted",
     "game_spec",
     "generate",
     "load_frames",
     "make_distractor",
+    "one_hot",
     "patch_slices",
     "pong_visible",
     "register_game",
@@ -201,6 +210,28 @@ def _make_ale(rom: str, seed: int) -> Any:
     return ale
 
 
+def action_names(game: str | GameSpec) -> tuple[str, ...]:
+    """Names of the game's minimal action set, in the order of the recorded action indices
+    (Pong: ``NOOP, FIRE, RIGHT, LEFT, RIGHTFIRE, LEFTFIRE``; RIGHT moves the player's paddle
+    up)."""
+    spec = game_spec(game)
+    ale = _make_ale(spec.rom, 0)
+    return tuple(str(a).split(".")[-1] for a in ale.getMinimalActionSet())
+
+
+def one_hot(actions: np.ndarray, n_actions: int) -> np.ndarray:
+    """``(..., n_actions)`` float32 one-hot vectors of integer ``actions`` in
+    ``0..n_actions-1``."""
+    check_positive_int("n_actions", n_actions)
+    a = np.asarray(actions)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"actions must be integer indices, got dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() >= n_actions):
+        raise ValueError(f"actions must lie in 0..{n_actions - 1} (n_actions={n_actions}), got "
+                         f"values in {int(a.min())}..{int(a.max())}")
+    return np.eye(n_actions, dtype=np.float32)[a]
+
+
 @dataclass(frozen=True)
 class Step:
     """One agent step of :func:`rollout`: the grayscale screen after it (max of the last two
@@ -300,7 +331,9 @@ class AtariFrames:
     :ivar labels: ``(T, L)`` float32 ground truth read from the RAM.
     :ivar visible: ``(T, L)`` bool — the labelled object is on screen.
     :ivar episode: ``(T,)`` episode index of each frame.
-    :ivar actions: ``(T,)`` action index (in the minimal action set) taken at each step.
+    :ivar actions: ``(T,)`` action index (in the minimal action set, :attr:`action_names`)
+        taken at each step: ``actions[t]`` was repeated over the emulator frames ending in
+        frame ``t``.
     """
 
     game: str
@@ -324,6 +357,18 @@ class AtariFrames:
     def episodes(self) -> np.ndarray:
         """The distinct episode indices, in order of appearance."""
         return np.array(list(dict.fromkeys(self.episode.tolist())), dtype=np.int64)
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """Names of the minimal action set the ``actions`` index (recorded in ``meta``; asked
+        of the emulator for files written before they were)."""
+        names = self.meta.get("action_names")
+        return tuple(names) if names else action_names(self.game)
+
+    @property
+    def n_actions(self) -> int:
+        """Size of the minimal action set (the width of a one-hot action)."""
+        return len(self.action_names)
 
     def frames_float(self) -> np.ndarray:
         """Frames scaled to [0, 1] as float32."""
@@ -402,7 +447,7 @@ def generate(game: str | GameSpec = "pong", *, size: int = 48, episodes: int = 1
     meta = dict(game=spec.rom, size=size, episodes=episodes, max_episode_steps=max_episode_steps,
                 frame_skip=frame_skip, sticky=sticky, noop_max=noop_max, seed=seed,
                 crop=list(spec.crop) if spec.crop else None, labels=dict(spec.labels),
-                version=_CACHE_VERSION)
+                action_names=list(action_names(spec)), version=_CACHE_VERSION)
     n = len(rams)
     logger.info("recorded %d frames of %s in %d episodes", n, spec.rom, episodes)
     return AtariFrames(game=spec.rom, frames=np.concatenate(frames), ram=np.stack(rams),

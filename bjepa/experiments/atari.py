@@ -16,6 +16,17 @@ the transposed-convolution decoder. Probes follow Noisy TV: a representation of 
 ending at ``t`` is probed against the labels at ``t + model.probe_offset`` (``t`` for the VAE,
 ``t+1`` for the predictive models), on rows where the labelled object is on screen.
 
+**Actions** (``AtariConfig.actions``). VJEPA and BJEPA become
+:class:`~bjepa.models.action.ActionVJEPA` / :class:`~bjepa.models.action.ActionBJEPA`: the
+encoders still see frames only, and the predictor of the target latent reads ``[z_C, u]`` with
+``u`` the one-hot actions ``a_{t+1-p} .. a_{t+k}`` (``p = past_actions``; ``a_s`` is the action
+repeated over the frames that end in frame ``s``): the actions that produce the target frames
+and, with ``p >= 1``, the last ones of the context, whose effect on Pong's paddle lags by a step.
+Besides the usual probes, :func:`probe` reads two more views with a linear probe: the context
+latent against the labels at ``t`` (``frame_linear_*``, what the last context frame shows) and
+the *predicted* next latent (the predictor's mean, with the actions when the model has them)
+against the labels at ``t+1`` (``pred_linear_*``).
+
 Used by ``bjepa atari`` and ``examples/atari.py``.
 """
 
@@ -46,10 +57,12 @@ from bjepa.inference import fit_restarts
 from bjepa.inference.checkpoint import save_checkpoint
 from bjepa.metrics import linear_probe_r2, r2_score
 from bjepa.models import registry
+from bjepa.models.action import ActionBJEPA, ActionVJEPA
 from bjepa.models.conv import conv_encoder_name, register_conv
 from bjepa.runs import RunFolder
 
 __all__ = [
+    "ACTION_MODELS",
     "MODEL_NAMES",
     "AtariConfig",
     "AtariSplit",
@@ -57,23 +70,31 @@ __all__ = [
     "build_model",
     "compare",
     "encode",
+    "format_label_table",
     "format_table",
+    "is_action_model",
     "load_atari_model",
     "load_raw",
     "make_splits",
     "mlp_probe_r2",
+    "model_context",
     "plot_frames",
+    "plot_label_vs_sigma",
     "plot_r2_by_label",
     "plot_r2_vs_sigma",
     "probe",
     "run",
+    "predict_mean",
     "summarise",
+    "summarise_label",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: the models an Atari run trains by default (any registered model may be asked for)
 MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
+#: the models that have an action-conditioned variant (``AtariConfig.actions``)
+ACTION_MODELS = {"vjepa": ActionVJEPA, "bjepa": ActionBJEPA}
 
 
 def available_models() -> list[str]:
@@ -96,8 +117,10 @@ class AtariConfig:
     ``lr``; every model is trained ``restarts`` times from different initial weights and the
     restart with the best label-free ``selection_score`` is kept
     (:func:`bjepa.inference.fit_restarts`). Probes: an MLP with ``probe_hidden`` units trained
-    for ``probe_steps`` full-batch Adam steps. ``threads`` sets ``torch.set_num_threads`` for the
-    run (``None`` leaves it).
+    for ``probe_steps`` full-batch Adam steps. ``actions``: VJEPA and BJEPA are
+    action-conditioned (their predictor reads the one-hot actions ``a_{t+1-past_actions} ..
+    a_{t+k}``; the other models have no such variant and are refused). ``threads`` sets
+    ``torch.set_num_threads`` for the run (``None`` leaves it).
     """
 
     models: list[str] = field(default_factory=lambda: list(MODEL_NAMES))
@@ -122,6 +145,8 @@ class AtariConfig:
     beta: float = 0.01
     tau: float | str = 0.99
     init: str = "cca"
+    actions: bool = False
+    past_actions: int = 1
     vae_beta: float = 1.0
     steps: int = 600
     restarts: int = 1
@@ -149,6 +174,14 @@ class AtariConfig:
             raise ValueError("models must name at least one model")
         for m in self.models:
             check_choice("model", m, available_models())
+        if not isinstance(self.actions, bool):
+            raise ValueError(f"actions must be True or False, got {self.actions!r}")
+        if self.actions:
+            other = [m for m in self.models if m not in ACTION_MODELS]
+            if other:
+                raise ValueError(f"actions=True needs models with an action-conditioned "
+                                 f"variant ({', '.join(ACTION_MODELS)}); {', '.join(other)} "
+                                 "have none: drop them from models (--models vjepa,bjepa)")
         atari_data.game_spec(self.game)
         if not atari_data.game_spec(self.game).labels:
             raise ValueError(f"game {self.game!r} has no labels to probe; declare them with "
@@ -166,6 +199,11 @@ class AtariConfig:
                      "context_frames", "cell", "latent_dim", "hidden_dim", "steps", "restarts",
                      "batch_size", "probe_hidden", "probe_steps"]:
             check_positive_int(name, getattr(self, name))
+        if isinstance(self.past_actions, bool) or not isinstance(self.past_actions, int) \
+                or not 0 <= self.past_actions <= self.context_frames:
+            raise ValueError(f"past_actions must be an int in 0..context_frames "
+                             f"({self.context_frames}; the stacks then keep the same rows with "
+                             f"and without actions), got {self.past_actions!r}")
         if self.episode_steps < 2 * self.context_frames + 1:
             raise ValueError(f"episode_steps must be > 2·context_frames, got "
                              f"{self.episode_steps}")
@@ -200,6 +238,10 @@ class AtariSplit:
     :ivar labels: ``(N, 2, L)`` ground truth at ``t`` (``[:, 0]``) and ``t+1`` (``[:, 1]``).
     :ivar visible: ``(N, 2, L)`` whether each labelled object is on screen then.
     :ivar episode: ``(N,)`` the episode each stack comes from.
+    :ivar actions: ``(N, p + k)`` action indices ``a_{t+1-p} .. a_{t+k}`` (``p`` =
+        ``past_actions``): the actions that produce the target frames, after the last ``p`` of
+        the context.
+    :ivar n_actions: size of the game's minimal action set.
     """
 
     context: torch.Tensor
@@ -210,9 +252,19 @@ class AtariSplit:
     label_names: tuple[str, ...]
     frames: int
     size: int
+    actions: torch.Tensor | None = None
+    n_actions: int = 0
 
     def __len__(self) -> int:
         return int(self.context.shape[0])
+
+    def action_inputs(self) -> torch.Tensor:
+        """``(N, (p + k) · n_actions)`` float32: the one-hot actions of each pair, flat (the
+        ``u`` an action-conditioned model packs with the context)."""
+        if self.actions is None:
+            raise ValueError("this split holds no actions; build it with make_splits")
+        u = atari_data.one_hot(self.actions.numpy(), self.n_actions)
+        return torch.from_numpy(u.reshape(len(self), -1))
 
 
 def _stack_index(episode: np.ndarray, k: int) -> np.ndarray:
@@ -223,8 +275,11 @@ def _stack_index(episode: np.ndarray, k: int) -> np.ndarray:
     return t[same]
 
 
-def _stack(obs: np.ndarray, frames: atari_data.AtariFrames, k: int) -> AtariSplit:
+def _stack(obs: np.ndarray, frames: atari_data.AtariFrames, k: int,
+           past_actions: int = 1) -> AtariSplit:
     t = _stack_index(frames.episode, k)
+    acts = np.stack([frames.actions[t + 1 - past_actions + i] for i in range(past_actions + k)],
+                    axis=1)
     ctx = np.stack([obs[t - k + 1 + i] for i in range(k)], axis=1)
     tgt = np.stack([obs[t + 1 + i] for i in range(k)], axis=1)
     labels = np.stack([frames.labels[t], frames.labels[t + 1]], axis=1)
@@ -234,7 +289,9 @@ def _stack(obs: np.ndarray, frames: atari_data.AtariFrames, k: int) -> AtariSpli
                       target=torch.from_numpy(tgt.reshape(n, -1)),
                       labels=torch.from_numpy(labels), visible=torch.from_numpy(vis),
                       episode=torch.from_numpy(frames.episode[t]),
-                      label_names=frames.label_names, frames=k, size=frames.size)
+                      label_names=frames.label_names, frames=k, size=frames.size,
+                      actions=torch.from_numpy(acts.astype(np.int64)),
+                      n_actions=frames.n_actions)
 
 
 def _distractor_seed(seed: int, sigma: float, split: str) -> int:
@@ -274,16 +331,28 @@ def make_splits(cfg: AtariConfig, sigma: float, seed: int,
                                         **kw))
     mean = xs[0].mean(0)
     scale = max(float(xs[0].std()), 1e-6)
-    return (_stack((xs[0] - mean) / scale, train, cfg.context_frames),
-            _stack((xs[1] - mean) / scale, test, cfg.context_frames))
+    return (_stack((xs[0] - mean) / scale, train, cfg.context_frames, cfg.past_actions),
+            _stack((xs[1] - mean) / scale, test, cfg.context_frames, cfg.past_actions))
 
 
 # -- models --------------------------------------------------------------------------------
-def build_model(name: str, obs_dim: int, cfg: AtariConfig) -> nn.Module:
+def build_model(name: str, obs_dim: int, cfg: AtariConfig, action_dim: int | None = None
+                ) -> nn.Module:
     """Construct model ``name`` (any registered model) with the run's conv encoder and shared
-    settings; the reconstruction baselines take ``cfg.vae_beta`` as their β."""
+    settings; the reconstruction baselines take ``cfg.vae_beta`` as their β. With
+    ``cfg.actions``, VJEPA and BJEPA are their action-conditioned variants reading
+    ``action_dim`` action inputs (:meth:`AtariSplit.action_inputs`; ``obs_dim`` stays the width
+    of a frame stack)."""
     settings = dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim, beta=cfg.beta, tau=cfg.tau,
                     init=cfg.init)
+    if cfg.actions:
+        if name not in ACTION_MODELS:
+            raise ValueError(f"model {name!r} has no action-conditioned variant; with actions "
+                             f"use one of {', '.join(ACTION_MODELS)}")
+        if action_dim is None:
+            raise ValueError("action_dim is required when cfg.actions is set (the width of "
+                             "AtariSplit.action_inputs())")
+        return ACTION_MODELS[name](obs_dim, cfg.latent_dim, action_dim=action_dim, **settings)
     if name in ("vae", "ar"):
         settings["beta"] = cfg.vae_beta
         return registry.build_model(name, obs_dim, cfg.latent_dim, settings=settings,
@@ -299,6 +368,36 @@ def encode(model: Any, x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     try:
         return torch.cat([model.encode(x[i:i + chunk].to(dev)).cpu()
                           for i in range(0, len(x), chunk)])
+    finally:
+        model.train(was)
+
+
+def is_action_model(model: Any) -> bool:
+    """Whether ``model`` reads actions (an :class:`~bjepa.models.action.ActionVJEPA`)."""
+    return isinstance(model, ActionVJEPA)
+
+
+def model_context(model: Any, split: AtariSplit) -> torch.Tensor:
+    """What ``model`` trains on as context: the frame stacks, packed with the one-hot actions
+    for an action-conditioned model."""
+    if is_action_model(model):
+        return model.pack(split.context, split.action_inputs())
+    return split.context
+
+
+def predict_mean(model: Any, split: AtariSplit, chunk: int = 1024) -> torch.Tensor | None:
+    """The mean of the predictor's distribution over the target latent for every pair (with
+    the actions when the model reads them), on the CPU; ``None`` for a model without a latent
+    predictor (VAE, AR)."""
+    if not hasattr(model, "predictive_dist") or not hasattr(model, "predict"):
+        return None
+    dev = next(model.parameters()).device
+    ctx = model_context(model, split)
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model.predict(ctx[i:i + chunk].to(dev)).mean.cpu()
+                          for i in range(0, len(ctx), chunk)])
     finally:
         model.train(was)
 
@@ -369,27 +468,52 @@ def probe(model: Any, train: AtariSplit, test: AtariSplit, cfg: AtariConfig,
     """Linear and MLP probe test R² per label (and their means) of the frozen representation.
 
     The context ending at ``t`` is probed against labels at ``t + model.probe_offset``, on rows
-    where the object is on screen.
+    where the object is on screen (``linear_*``, ``mlp_*``). Two more views get a linear probe:
+    the same context latent against the labels at ``t`` (``frame_linear_*``: what the last
+    context frame shows), and, for models with a latent predictor, the predictor's mean
+    against the labels at ``t+1`` (``pred_linear_*``; an action-conditioned model predicts with
+    the actions, :func:`predict_mean`); NaN for the VAE and the AR model.
     """
     k = int(getattr(model, "probe_offset", 0))
     ztr, zte = encode(model, train.context), encode(model, test.context)
+    out: dict[str, float] = {}
+    lin = _linear_probes(ztr, zte, train, test, k, "linear", out)
     ytr, yte = train.labels[:, k].double(), test.labels[:, k].double()
     mtr, mte = train.visible[:, k], test.visible[:, k]
-    out: dict[str, float] = {}
-    lin = []
-    for j, name in enumerate(train.label_names):
-        a, b = mtr[:, j], mte[:, j]
-        r2 = linear_probe_r2(ztr[a], ytr[a, j:j + 1], zte[b], yte[b, j:j + 1]) \
-            if a.sum() > ztr.shape[1] + 1 and b.sum() > 1 else float("nan")
-        out[f"linear_{name}"] = float(r2)
-        lin.append(r2)
     mlp = mlp_probe_r2(ztr, ytr, zte, yte, mask_train=mtr, mask_test=mte,
                        hidden=cfg.probe_hidden, steps=cfg.probe_steps, seed=seed)
     for j, name in enumerate(train.label_names):
         out[f"mlp_{name}"] = float(mlp[j])
     out["linear_r2"] = nanmean(lin)
     out["mlp_r2"] = nanmean(mlp.tolist())
+    out["frame_linear_r2"] = nanmean(_linear_probes(ztr, zte, train, test, 0, "frame_linear",
+                                                    out))
+    ptr = predict_mean(model, train)
+    if ptr is None:
+        for name in train.label_names:
+            out[f"pred_linear_{name}"] = float("nan")
+        out["pred_linear_r2"] = float("nan")
+    else:
+        pte = predict_mean(model, test)
+        out["pred_linear_r2"] = nanmean(_linear_probes(ptr, pte, train, test, 1, "pred_linear",
+                                                       out))
     return out
+
+
+def _linear_probes(ztr: torch.Tensor, zte: torch.Tensor, train: AtariSplit, test: AtariSplit,
+                   offset: int, prefix: str, out: dict[str, float]) -> list[float]:
+    """Linear probe test R² of ``z`` for each label at ``t + offset`` (visible rows), written to
+    ``out[f"{prefix}_{label}"]``; returns them in label order."""
+    ytr, yte = train.labels[:, offset].double(), test.labels[:, offset].double()
+    mtr, mte = train.visible[:, offset], test.visible[:, offset]
+    lin = []
+    for j, name in enumerate(train.label_names):
+        a, b = mtr[:, j], mte[:, j]
+        r2 = linear_probe_r2(ztr[a], ytr[a, j:j + 1], zte[b], yte[b, j:j + 1]) \
+            if a.sum() > ztr.shape[1] + 1 and b.sum() > 1 else float("nan")
+        out[f"{prefix}_{name}"] = float(r2)
+        lin.append(float(r2))
+    return lin
 
 
 # -- the experiment ------------------------------------------------------------------------
@@ -436,31 +560,45 @@ def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
         folder.write_rows("results", rows)
         plot_r2_vs_sigma(rows, folder.file("r2_vs_sigma.png"))
         plot_r2_by_label(rows, folder.file("r2_by_label.png"))
+        if cfg.actions:
+            label = atari_data.game_spec(cfg.game).label_names[0]  # Pong: the player's paddle
+            plot_label_vs_sigma(rows, label, folder.file(f"r2_{label}.png"))
     return rows
 
 
 def _train_one(cfg: AtariConfig, name: str, sigma: float, seed: int, train: AtariSplit,
                test: AtariSplit, folder: RunFolder | None) -> dict[str, Any]:
     start = time.perf_counter()
-    best = fit_restarts(lambda: build_model(name, train.context.shape[1], cfg), train.context,
-                        train.target, restarts=cfg.restarts, seed=seed, steps=cfg.steps,
+    action_dim = context = None
+    if cfg.actions:
+        u = train.action_inputs()
+        action_dim = u.shape[1]
+        context = torch.cat([train.context, u], dim=1)  # the layout of ActionVJEPA.pack
+    else:
+        context = train.context
+    best = fit_restarts(lambda: build_model(name, train.context.shape[1], cfg, action_dim),
+                        context, train.target, restarts=cfg.restarts, seed=seed, steps=cfg.steps,
                         lr=cfg.lr, batch_size=cfg.batch_size, device=cfg.device,
                         progress=cfg.progress, log_every=max(cfg.steps // 50, 1),
                         metrics_path=folder.metrics_path if folder else None,
                         metrics_tags={"model": name, "sigma": sigma, "seed": seed,
-                                      "distractor": cfg.distractor})
+                                      "distractor": cfg.distractor, "actions": cfg.actions})
+    del context
     seconds = time.perf_counter() - start
     model = best.model
     scores = probe(model, train, test, cfg, seed=seed)
-    row = {"model": name, "distractor": cfg.distractor, "sigma": sigma, "seed": seed, **scores,
+    row = {"model": name, "actions": cfg.actions, "distractor": cfg.distractor, "sigma": sigma,
+           "seed": seed, **scores,
            "final_loss": best.history.final_loss, "restart": best.index,
            "selection_score": best.score,
            "restart_scores": " ".join(f"{r['score']:.4g}" for r in best.runs),
            "train_seconds": round(seconds, 3)}
     if folder is not None:
         save_checkpoint(
-            folder.file(f"checkpoints/{name}-{cfg.distractor}-sigma{sigma:g}-seed{seed}.pt"),
+            folder.file(f"checkpoints/{name}{'-actions' if cfg.actions else ''}-"
+                        f"{cfg.distractor}-sigma{sigma:g}-seed{seed}.pt"),
             model, meta={"model": name, "sigma": sigma, "seed": seed, "data": "atari",
+                         "actions": cfg.actions, "past_actions": cfg.past_actions,
                          "game": cfg.game, "distractor": cfg.distractor,
                          "context_frames": cfg.context_frames, "size": cfg.size,
                          "channels": list(cfg.channels), "encoder": cfg.encoder,
@@ -509,6 +647,37 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
                        [("linear", "linear R2", ".3f"), ("mlp", "MLP R2", ".3f")], worst=True)
 
 
+def _variant(row: dict[str, Any]) -> str:
+    return "actions" if row.get("actions") else "no actions"
+
+
+def summarise_label(rows: Sequence[dict[str, Any]], label: str = "player_y"
+                    ) -> list[dict[str, Any]]:
+    """Mean, sd, min and max over seeds of one label's probes, per model × actions × σ: the
+    linear and MLP probes of the context latent (``linear``, ``mlp``), its linear probe for
+    the last context frame (``frame``) and that of the predicted next latent (``pred``).
+    Rows of runs with and without actions may be mixed (their ``actions`` column tells them
+    apart)."""
+    if rows and f"linear_{label}" not in rows[0]:
+        raise ValueError(f"rows hold no probe of label {label!r}")
+    tagged = [{**r, "variant": _variant(r)} for r in rows]
+    metrics = [f"linear_{label}", f"mlp_{label}", f"frame_linear_{label}",
+               f"pred_linear_{label}"]
+    return summarise_rows(tagged, ("model", "variant", "sigma"), metrics,
+                          names=dict(zip(metrics, ["linear", "mlp", "frame", "pred"],
+                                         strict=True)),
+                          order=lambda k: (_order(k[0]), k[1] == "actions", k[2]))
+
+
+def format_label_table(rows: Sequence[dict[str, Any]], label: str = "player_y") -> str:
+    """A plain-text table of :func:`summarise_label`."""
+    return format_rows(summarise_label(rows, label),
+                       [("model", "model", "<7"), ("variant", "actions", "<10"),
+                        ("sigma", "sigma", ">5g")],
+                       [("linear", f"{label} linear", ".3f"), ("mlp", "MLP", ".3f"),
+                        ("frame", "frame t", ".3f"), ("pred", "predicted", ".3f")], worst=True)
+
+
 # -- figures -------------------------------------------------------------------------------
 def _pyplot() -> Any:
     import matplotlib
@@ -541,6 +710,40 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     n_seeds = len({r["seed"] for r in rows})
     distractor = rows[0].get("distractor", "") if rows else ""
     fig.suptitle(f"Atari ({distractor} distractor): probes of frozen representations "
+                 f"(mean ± sd over {n_seeds} seeds)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_label_vs_sigma(rows: Sequence[dict[str, Any]], label: str, path: str | Path) -> None:
+    """One label's probe R² against σ (mean ± sd over seeds) for every model with and without
+    actions (solid / dashed): the linear and MLP probes of the context latent, and the linear
+    probe of the predicted next latent."""
+    plt = _pyplot()
+    summary = summarise_label(rows, label)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True, sharey=True)
+    titles = {"linear": "linear probe of z_C (label at t+1)",
+              "mlp": "MLP probe of z_C (label at t+1)",
+              "pred": "linear probe of the predicted latent (t+1)"}
+    for ax, kind in zip(axes, titles, strict=True):
+        for key in dict.fromkeys((e["model"], e["variant"]) for e in summary):
+            sel = [e for e in summary if (e["model"], e["variant"]) == key]
+            m = np.array([e[f"{kind}_mean"] for e in sel])
+            if not np.isfinite(m).any():
+                continue
+            x = np.array([e["sigma"] for e in sel])
+            sd = np.nan_to_num(np.array([e[f"{kind}_sd"] for e in sel]))
+            c = registry.model_color(key[0])
+            ls = "-" if key[1] == "actions" else "--"
+            ax.plot(x, m, "o" + ls, color=c, label=f"{key[0].upper()}, {key[1]}")
+            ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.15)
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set(title=titles[kind], xlabel="distractor strength σ (pixel units)",
+               ylabel=f"test R², {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n_seeds = len({r["seed"] for r in rows})
+    fig.suptitle(f"Atari: probes of {label} with and without actions "
                  f"(mean ± sd over {n_seeds} seeds)")
     fig.savefig(path, dpi=120)
     plt.close(fig)
