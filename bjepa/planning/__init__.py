@@ -7,6 +7,8 @@ See docs/method.md#sampling-based-mpc.
 - :mod:`.cem` — CEM planners: mean-trajectory (:class:`MeanTrajectoryPlanner`), risk-sensitive
   sampling (:class:`SamplingPlanner`), BJEPA goal-prior fusion (:class:`GoalPriorPlanner`),
   and the :class:`RandomPolicy` baseline.
+- :mod:`.posterior` — risk-aware CEM over a BJEPA weight posterior's draws
+  (:class:`PosteriorSamplingPlanner`).
 - :mod:`.lqr` — Riccati solver and the LQR oracle on the true state (:class:`LQRController`).
 
 Every policy has ``observes`` (``"observation"`` or ``"state"``), ``reset(n_envs)`` and
@@ -37,6 +39,7 @@ from bjepa.planning.lqr import (
     solve_dare,
     stationary_covariance,
 )
+from bjepa.planning.posterior import PosteriorSamplingPlanner, WeightDraw
 
 __all__ = [
     "RISKS",
@@ -44,6 +47,7 @@ __all__ = [
     "LQRController",
     "LatentTask",
     "MeanTrajectoryPlanner",
+    "PosteriorSamplingPlanner",
     "RandomPolicy",
     "SamplingPlanner",
     "cvar",
@@ -57,4 +61,5 @@ __all__ = [
     "rollout_cost",
     "solve_dare",
     "stationary_covariance",
+    "WeightDraw",
 ]
