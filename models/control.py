@@ -43,11 +43,23 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import nn
 
-from bjepa._validation import check_nonnegative, check_positive, check_positive_int, check_tensor
+from bjepa._validation import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 from bjepa.models.base import WorldModel, rows, tau_spec, to_pyro
+from bjepa.models.encoders import DECODERS, make_encoder
 from bjepa.models.heads import MIN_SCALE, positive_scale
 
-__all__ = ["ControlRecon", "ControlVJEPA", "ControlWorldModel", "control_mlp"]
+#: observation encoders of the control models: an MLP on state vectors, the DQN-style CNN of
+#: :mod:`bjepa.models.conv` on flat frame stacks (pixels)
+CONTROL_ENCODERS = ("mlp", "conv")
+
+__all__ = ["CONTROL_ENCODERS", "ControlRecon", "ControlVJEPA", "ControlWorldModel", "control_mlp",
+           "observation_net"]
 
 
 def control_mlp(in_dim: int, out_dim: int, hidden_dim: int) -> nn.Sequential:
@@ -55,6 +67,16 @@ def control_mlp(in_dim: int, out_dim: int, hidden_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ELU(),
                          nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.ELU(),
                          nn.Linear(hidden_dim, out_dim))
+
+
+def observation_net(encoder: str, in_dim: int, out_dim: int, hidden_dim: int) -> nn.Module:
+    """The network reading observations: ``control_mlp`` or the frame-stack CNN."""
+    check_choice("encoder", encoder, CONTROL_ENCODERS)
+    if encoder == "mlp":
+        return control_mlp(in_dim, out_dim, hidden_dim)
+    import bjepa.models.conv  # noqa: F401 - registers "conv" and "deconv"
+
+    return make_encoder("conv", in_dim, out_dim, hidden_dim=hidden_dim, bias=True)
 
 
 def _softplus_inverse(s: float) -> float:
@@ -69,7 +91,7 @@ class ControlWorldModel(WorldModel):
     stackable = False
 
     def __init__(self, obs_dim: int, action_dim: int, latent_dim: int, *, horizon: int,
-                 hidden_dim: int) -> None:
+                 hidden_dim: int, encoder: str = "mlp") -> None:
         check_positive_int("obs_dim", obs_dim)
         check_positive_int("action_dim", action_dim)
         check_positive_int("latent_dim", latent_dim)
@@ -77,6 +99,7 @@ class ControlWorldModel(WorldModel):
         check_positive_int("hidden_dim", hidden_dim)
         super().__init__(obs_dim, latent_dim)
         self.action_dim, self.horizon, self.hidden_dim = action_dim, horizon, hidden_dim
+        self.encoder_kind = check_choice("encoder", encoder, CONTROL_ENCODERS)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_scale", torch.ones(obs_dim))
         self.reward_head = to_pyro(control_mlp(latent_dim + action_dim, 1, hidden_dim))
@@ -193,21 +216,23 @@ class ControlVJEPA(ControlWorldModel):
     :param beta: weight β of the KL of the target posterior to ``N(0, I)``.
     :param tau: EMA momentum of the target encoder.
     :param target_scale_init: initial target standard deviation.
+    :param encoder: ``"mlp"`` (state vectors) or ``"conv"`` (flat frame stacks).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, latent_dim: int = 32, *, horizon: int = 5,
-                 hidden_dim: int = 256, beta: float = 0.01, tau: float = 0.99,
-                 target_scale_init: float = 0.1) -> None:
+                 hidden_dim: int = 128, beta: float = 0.01, tau: float = 0.99,
+                 target_scale_init: float = 0.1, encoder: str = "mlp") -> None:
         super().__init__(obs_dim, action_dim, latent_dim, horizon=horizon,
-                         hidden_dim=hidden_dim)
+                         hidden_dim=hidden_dim, encoder=encoder)
         self.beta = check_nonnegative("beta", beta)
         check_positive("target_scale_init", target_scale_init)
         self.hparams = dict(obs_dim=obs_dim, action_dim=action_dim, latent_dim=latent_dim,
                             horizon=horizon, hidden_dim=hidden_dim, beta=beta,
-                            tau=tau_spec(tau), target_scale_init=target_scale_init)
-        encoder = control_mlp(obs_dim, latent_dim, hidden_dim)
-        self._init_ema(encoder, tau)
-        self.context_encoder = to_pyro(encoder)
+                            tau=tau_spec(tau), target_scale_init=target_scale_init,
+                            encoder=encoder)
+        net = observation_net(encoder, obs_dim, latent_dim, hidden_dim)
+        self._init_ema(net, tau)
+        self.context_encoder = to_pyro(net)
         self.target_scale_net = to_pyro(nn.Linear(obs_dim, latent_dim))
         with torch.no_grad():
             self.target_scale_net.weight.zero_()
@@ -261,19 +286,27 @@ class ControlRecon(ControlWorldModel):
     with an observation decoder, trained by the ELBO.
 
     :param obs_scale_init: initial (learned) observation noise, in standardised units.
+    :param encoder: ``"mlp"`` (state vectors) or ``"conv"`` (flat frame stacks; the decoder is
+        then the transposed CNN).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, latent_dim: int = 32, *, horizon: int = 5,
-                 hidden_dim: int = 256, beta: float = 1.0, obs_scale_init: float = 0.3) -> None:
+                 hidden_dim: int = 128, beta: float = 1.0, obs_scale_init: float = 0.3,
+                 encoder: str = "mlp") -> None:
         super().__init__(obs_dim, action_dim, latent_dim, horizon=horizon,
-                         hidden_dim=hidden_dim)
+                         hidden_dim=hidden_dim, encoder=encoder)
         self.beta = check_nonnegative("beta", beta)
         check_positive("obs_scale_init", obs_scale_init)
         self.hparams = dict(obs_dim=obs_dim, action_dim=action_dim, latent_dim=latent_dim,
                             horizon=horizon, hidden_dim=hidden_dim, beta=beta,
-                            obs_scale_init=obs_scale_init)
-        self.context_encoder = to_pyro(control_mlp(obs_dim, 2 * latent_dim, hidden_dim))
-        self.decoder = to_pyro(control_mlp(latent_dim, obs_dim, hidden_dim))
+                            obs_scale_init=obs_scale_init, encoder=encoder)
+        self.context_encoder = to_pyro(observation_net(encoder, obs_dim, 2 * latent_dim,
+                                                       hidden_dim))
+        if encoder == "mlp":
+            self.decoder = to_pyro(control_mlp(latent_dim, obs_dim, hidden_dim))
+        else:
+            self.decoder = to_pyro(make_encoder(DECODERS["conv"], latent_dim, obs_dim,
+                                                hidden_dim=hidden_dim, bias=True))
         self.predictor = to_pyro(control_mlp(latent_dim + action_dim, 2 * latent_dim,
                                              hidden_dim))
         self.obs_scale_raw = nn.Parameter(torch.full((obs_dim,),

@@ -231,3 +231,36 @@ def test_cli_quick_writes_the_run_folder_and_resumes(tmp_path, capsys):
     assert main(["control", "--quick", "--task", "cartpole-nope", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "not in the dm-control suite" in capsys.readouterr().err
+
+
+def _renders():
+    from bjepa.data.dmc import pick_renderer
+
+    try:
+        pick_renderer()
+        DMCEnv(pixels=True, size=16).reset()
+    except Exception as err:  # noqa: BLE001 - any failure means: no OpenGL here
+        return str(err)
+    return None
+
+
+def test_pixel_observations_and_the_conv_models_run_end_to_end(tmp_path):
+    why = _renders()
+    if why is not None:
+        pytest.skip(f"no OpenGL back-end for rendering: {why[:120]}")
+    env = DMCEnv(pixels=True, size=32, distractor_dims=16, sigma=0.5, seed=0)
+    o0 = env.reset()
+    assert o0.shape == (2 * 32 * 32,)
+    f = o0.reshape(2, 32, 32)
+    np.testing.assert_array_equal(f[0], f[1])  # a fresh stack repeats the first frame
+    o1 = env.step(np.ones(1))[0].reshape(2, 32, 32)
+    np.testing.assert_array_equal(o1[0], f[1])  # the stack shifts by one frame
+    patch = o1[1, 8:24, 8:24] - f[1, 8:24, 8:24]
+    assert patch.std() > 0.3  # the noise patch is redrawn
+    cfg = ControlConfig.quick(pixels=True, size=32, distractor_dims=[8], max_episode_steps=8,
+                              train_steps=3, batch_size=16, episodes=1, eval_every=1)
+    for model in ("vjepa", "recon"):
+        rows = run_seed(cfg, model, 8, 0)
+        assert np.isfinite(rows[-1]["eval_return"]) and np.isfinite(rows[-1]["loss"])
+    with pytest.raises(ValueError, match="noise-patch sides"):
+        ControlConfig(pixels=True, size=32, distractor_dims=[40]).validate()

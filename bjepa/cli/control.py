@@ -38,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=None, help="CEM iterations per decision")
     p.add_argument("--mean-planning", action="store_true",
                    help="follow the predictive mean instead of sampling it")
+    p.add_argument("--pixels", action="store_true",
+                   help="observe rendered frames (CNN encoders; --distractor-dims is then the "
+                        "noise patch's side in pixels; needs EGL or OSMesa)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (--pixels)")
     p.add_argument("--eval-every", type=int, default=None, help="episodes between evaluations")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: one seed, two short episodes, small networks (seconds)")
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         "iterations": args.iterations, "eval_every": args.eval_every,
         "train_steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
         "sample": False if args.mean_planning else None,
+        "pixels": True if args.pixels else None, "size": args.size,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
     cfg = ControlConfig.quick(**given) if args.quick else ControlConfig(**given).validate()

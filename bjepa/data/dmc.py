@@ -14,6 +14,14 @@ and ``mujoco<4``; dm-control 1.0.50 fails with MuJoCo 4).
 
   Observations are the task's state vector (the suite's observation dict flattened in key
   order) followed by the distractor, as ``float32``.
+
+  With ``pixels=True`` observations are instead the last ``frames`` grayscale renderings of
+  ``size × size`` pixels (values in [0, 1], camera 0), flat in (frame, row, column) order as
+  :mod:`bjepa.models.conv` expects, and the distractor is a *noise patch*: a centred square of
+  ``distractor_dims`` pixels a side to which the noise (``"tv"`` or ``"ar1"``, strength σ)
+  is added, redrawn every agent step on 4 × 4-pixel blocks. Rendering needs an OpenGL
+  back-end: EGL or OSMesa (Debian: ``apt-get install libegl1 libgl1-mesa-dri libosmesa6``);
+  :func:`pick_renderer` chooses one that works unless ``MUJOCO_GL`` is set.
 - :class:`Episode` / :class:`ReplayBuffer` — the transitions collected so far, sampled as
   fixed-length sequences, saved and loaded as ``.npz`` (no pickle).
 
@@ -27,6 +35,8 @@ Example::
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +59,33 @@ DISTRACTORS = ("tv", "ar1")
 AR1_RHO = 0.9
 
 
-def load_suite() -> Any:
-    """dm-control's ``suite`` module, with a clear message when the extra is missing."""
+def pick_renderer() -> str:
+    """The OpenGL back-end for dm-control's rendering: ``MUJOCO_GL`` when set, else the first
+    of EGL and OSMesa that renders a frame (tried in a subprocess, before dm-control is
+    imported here). Raises a clear error when none works."""
+    if os.environ.get("MUJOCO_GL"):
+        return os.environ["MUJOCO_GL"]
+    probe = ("from dm_control import suite; e = suite.load('cartpole', 'swingup'); e.reset(); "
+             "assert e.physics.render(16, 16, camera_id=0).shape == (16, 16, 3)")
+    for backend in ("egl", "osmesa"):
+        env = {**os.environ, "MUJOCO_GL": backend, "PYOPENGL_PLATFORM": backend}
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              timeout=300)
+        if done.returncode == 0:
+            os.environ["MUJOCO_GL"] = backend
+            return backend
+    raise RuntimeError(
+        "pixel observations need an OpenGL back-end and neither EGL nor OSMesa rendered a "
+        "frame; install Mesa (Debian/Ubuntu: apt-get install libegl1 libgl1-mesa-dri "
+        "libosmesa6) or set MUJOCO_GL to a back-end that works here")
+
+
+def load_suite(*, pixels: bool = False) -> Any:
+    """dm-control's ``suite`` module, with a clear message when the extra is missing.
+
+    :param pixels: choose a rendering back-end first (:func:`pick_renderer`)."""
+    if pixels and "dm_control" not in sys.modules:
+        pick_renderer()
     # state observations never render; keep dm-control from probing for a display
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
@@ -91,28 +126,48 @@ class DMCEnv:
     :param distractor: ``"tv"`` (i.i.d. noise) or ``"ar1"`` (AR(1), ρ = 0.9).
     :param sigma: the distractor's standard deviation.
     :param seed: seeds the task's initial states and the distractor.
+    :param pixels: observe rendered frames instead of the state (``distractor_dims`` is then
+        the side of the noise patch in pixels).
+    :param size: frame side in pixels (``pixels=True``).
+    :param frames: frames per observation (``pixels=True``; 2 makes velocity observable).
     """
 
     def __init__(self, task: str = "cartpole-swingup", *, action_repeat: int = 8,
                  distractor_dims: int = 0, distractor: str = "tv", sigma: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, pixels: bool = False, size: int = 64,
+                 frames: int = 2) -> None:
         self.task = task
         self.action_repeat = check_positive_int("action_repeat", action_repeat)
         self.distractor_dims = check_nonnegative_int("distractor_dims", distractor_dims)
         self.distractor = check_choice("distractor", distractor, DISTRACTORS)
         self.sigma = check_nonnegative("sigma", sigma)
         check_nonnegative_int("seed", seed)
+        self.pixels = bool(pixels)
+        self.size = check_positive_int("size", size)
+        self.frames = check_positive_int("frames", frames)
+        if self.pixels and self.distractor_dims > self.size:
+            raise ValueError(f"distractor_dims is the noise patch's side with pixels=True and "
+                             f"must be <= size ({size}), got {distractor_dims}")
+        if self.pixels and self.size < 16:
+            raise ValueError(f"size must be >= 16 pixels for the conv encoders, got {size}")
         domain, name = split_task(task)
-        self._env = load_suite().load(domain, name, task_kwargs={"random": seed})
+        self._env = load_suite(pixels=self.pixels).load(domain, name,
+                                                        task_kwargs={"random": seed})
         spec = self._env.action_spec()
         self.action_dim = int(np.prod(spec.shape))
         self.action_low = np.broadcast_to(spec.minimum, spec.shape).astype(np.float32).ravel()
         self.action_high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float32).ravel()
         self.state_dim = sum(int(np.prod(v.shape)) for v in
                              self._env.observation_spec().values())
-        self.obs_dim = self.state_dim + self.distractor_dims
         self._rng = np.random.default_rng([seed, 0xD157])
-        self._d = np.zeros(self.distractor_dims)
+        if self.pixels:
+            self.obs_dim = self.frames * self.size * self.size
+            side = -(-self.distractor_dims // 4)  # noise blocks of 4 × 4 pixels
+            self._d = np.zeros((side, side))
+            self._stack: list[np.ndarray] = []
+        else:
+            self.obs_dim = self.state_dim + self.distractor_dims
+            self._d = np.zeros(self.distractor_dims)
 
     @property
     def episode_steps(self) -> int:
@@ -120,7 +175,22 @@ class DMCEnv:
         limit = self._env._step_limit  # noqa: SLF001 - dm-control keeps it private
         return int(np.ceil(float(limit) / self.action_repeat))
 
-    def _obs(self, time_step: Any) -> np.ndarray:
+    def render(self) -> np.ndarray:
+        """The current grayscale frame (size, size) in [0, 1], noise patch included."""
+        rgb = self._env.physics.render(self.size, self.size, camera_id=0)
+        frame = rgb.astype(np.float32).mean(-1) / 255.0
+        if self.distractor_dims and self.sigma:
+            p = self.distractor_dims
+            lo = (self.size - p) // 2
+            noise = np.kron(self._d, np.ones((4, 4)))[:p, :p]
+            frame[lo:lo + p, lo:lo + p] += noise.astype(np.float32)
+        return frame
+
+    def _obs(self, time_step: Any, fresh: bool = False) -> np.ndarray:
+        if self.pixels:
+            frame = self.render()
+            self._stack = [frame] * self.frames if fresh else [*self._stack[1:], frame]
+            return np.stack(self._stack).reshape(-1)
         state = np.concatenate([np.asarray(v, dtype=np.float64).ravel()
                                 for v in time_step.observation.values()])
         if self.distractor_dims:
@@ -130,7 +200,7 @@ class DMCEnv:
     def _advance_distractor(self, fresh: bool = False) -> None:
         if not self.distractor_dims:
             return
-        eps = self._rng.standard_normal(self.distractor_dims)
+        eps = self._rng.standard_normal(self._d.shape)
         if self.distractor == "tv" or fresh:
             self._d = self.sigma * eps
         else:
@@ -139,7 +209,7 @@ class DMCEnv:
     def reset(self) -> np.ndarray:
         """Start an episode; the first observation."""
         self._advance_distractor(fresh=True)
-        return self._obs(self._env.reset())
+        return self._obs(self._env.reset(), fresh=True)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
         """Hold ``action`` (clipped to the action bounds) for ``action_repeat`` control steps:

@@ -68,25 +68,28 @@ class ControlConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     action_repeat: int = 8
     seed_episodes: int = 5
-    episodes: int = 30
+    episodes: int = 20
     train_steps: int = 100
     batch_size: int = 256
     horizon: int = 5
     latent_dim: int = 32
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     lr: float = 1e-3
     beta: float = 0.01
     tau: float = 0.99
     plan_horizon: int = 12
-    population: int = 500
-    elites: int = 50
-    iterations: int = 6
+    population: int = 300
+    elites: int = 30
+    iterations: int = 5
     particles: int = 1
     sample: bool = True
     explore: float = 0.3
-    eval_every: int = 5
+    eval_every: int = 4
     eval_episodes: int = 1
     max_episode_steps: int | None = None
+    pixels: bool = False
+    size: int = 64
+    frames: int = 2
 
     @classmethod
     def quick(cls, **overrides: Any) -> ControlConfig:
@@ -123,6 +126,11 @@ class ControlConfig:
             if self.max_episode_steps <= self.horizon:
                 raise ValueError(f"max_episode_steps ({self.max_episode_steps}) must exceed "
                                  f"the training horizon ({self.horizon})")
+        check_positive_int("size", self.size)
+        check_positive_int("frames", self.frames)
+        if self.pixels and max(self.distractor_dims) > self.size:
+            raise ValueError(f"with pixels, distractor_dims are noise-patch sides and must be "
+                             f"<= size ({self.size}), got {max(self.distractor_dims)}")
         check_positive("lr", self.lr)
         check_nonnegative("beta", self.beta)
         check_nonnegative("explore", self.explore)
@@ -133,12 +141,20 @@ class ControlConfig:
 
 def build_model(name: str, env: DMCEnv, cfg: ControlConfig) -> ControlWorldModel:
     """The world model called ``name`` for ``env``."""
-    kw = dict(latent_dim=cfg.latent_dim, horizon=cfg.horizon, hidden_dim=cfg.hidden_dim)
+    kw = dict(latent_dim=cfg.latent_dim, horizon=cfg.horizon, hidden_dim=cfg.hidden_dim,
+              encoder="conv" if cfg.pixels else "mlp")
     if name == "vjepa":
         return ControlVJEPA(env.obs_dim, env.action_dim, beta=cfg.beta, tau=cfg.tau, **kw)
     if name == "recon":
         return ControlRecon(env.obs_dim, env.action_dim, **kw)
     raise ValueError(f"model must be one of {CONTROL_MODELS}, got {name!r}")
+
+
+def make_env(cfg: ControlConfig, distractor_dims: int, seed: int) -> DMCEnv:
+    """The environment of ``cfg`` with ``distractor_dims`` and ``seed``."""
+    return DMCEnv(cfg.task, action_repeat=cfg.action_repeat, distractor_dims=distractor_dims,
+                  distractor=cfg.distractor, sigma=cfg.sigma, seed=seed, pixels=cfg.pixels,
+                  size=cfg.size, frames=cfg.frames)
 
 
 def _to_env(env: DMCEnv, a: np.ndarray) -> np.ndarray:
@@ -241,11 +257,7 @@ def run_seed(cfg: ControlConfig, model_name: str, distractor_dims: int, seed: in
     cfg.validate()
     device = torch.device(device)
     set_seed(seed)
-    env = DMCEnv(cfg.task, action_repeat=cfg.action_repeat, distractor_dims=distractor_dims,
-                 distractor=cfg.distractor, sigma=cfg.sigma, seed=seed)
-    eval_env = DMCEnv(cfg.task, action_repeat=cfg.action_repeat,
-                      distractor_dims=distractor_dims, distractor=cfg.distractor,
-                      sigma=cfg.sigma, seed=seed + 10_000)
+    env, eval_env = (make_env(cfg, distractor_dims, s) for s in (seed, seed + 10_000))
     rng = np.random.default_rng([seed, 0xC0])
     model = build_model(model_name, env, cfg).to(device)
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
