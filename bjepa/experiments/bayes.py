@@ -113,18 +113,18 @@ class BayesConfig:
     amplitude: float = 3.0
     rotation: int = 2
     shift_sigma: float = 8.0
-    test_frames: int = 1000
+    test_frames: int = 500
     # models and training (VJEPA's recommended budget, benchmarks/README.md)
     latent_dim: int = 4
     beta: float = 0.01
     tau: float = 0.99
     gamma: float = 0.0
-    steps: int = 800
+    steps: int = 600
     lr: float = 3e-3
     batch_size: int = 256
     ensemble_size: int = 5
-    weight_draws: int = 100
-    guide_init_scale: float = 0.01
+    weight_draws: int = 50
+    guide_init_scale: float = 0.03
     nuts_max_frames: int = 100
     nuts_warmup: int = 100
     nuts_samples: int = 100
@@ -132,7 +132,7 @@ class BayesConfig:
     # planning with little data (the control task of docs/mpc.md)
     plan_frames: list[int] = field(default_factory=lambda: [50, 200, 4000])
     plan_planners: list[str] = field(default_factory=lambda: list(PLANNERS))
-    plan_episodes: int = 20
+    plan_episodes: int = 16
     plan_steps: int = 600
     plan_draws: int = 8
     plan_samples: int = 16
