@@ -8,8 +8,12 @@ VJEPA and the baselines with convolutional encoders on frame stacks, and probes 
 representation with a linear and an MLP probe for the console-RAM state (paddles, ball) on
 held-out episodes.
 
+With ``--actions`` VJEPA and BJEPA are action-conditioned: their predictor also reads the
+one-hot actions the policy took between the context and the target (docs/atari.md#with-actions).
+
     python examples/atari.py --quick
     python examples/atari.py --sigmas 0,0.5,1 --seeds 0-2 --num-steps 600
+    python examples/atari.py --quick --actions --models vjepa
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bjepa.experiments.atari import (
     format_table,
     load_raw,
     make_splits,
+    model_context,
     probe,
     summarise,
 )
@@ -41,7 +46,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     overrides = dict(models=args.models.split(",") if args.models else None,
                      sigmas=args.sigmas, seeds=args.seeds, steps=args.num_steps,
                      lr=args.learning_rate, distractor=args.distractor, device=args.device,
-                     cache_dir=args.cache_dir, progress=False)
+                     cache_dir=args.cache_dir, actions=args.actions or None, progress=False)
+    if args.actions and not args.models:
+        overrides["models"] = ["vjepa", "bjepa"]  # the models with an action-conditioned variant
     cfg = AtariConfig.quick(**overrides) if args.quick else \
         AtariConfig(**{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
@@ -56,14 +63,18 @@ def main(args: argparse.Namespace) -> list[dict]:
                 # 3. model and mini-batch SVI (one seed drives data, init and training noise)
                 pyro.clear_param_store()
                 set_seed(seed)
-                model = build_model(name, train.context.shape[1], cfg)
-                fit(model, train.context, train.target, steps=cfg.steps, lr=cfg.lr,
+                # with actions the predictor also reads the one-hot actions a_t .. a_t+k, packed
+                # after the frames (the encoders see the frames only)
+                action_dim = train.action_inputs().shape[1] if cfg.actions else None
+                model = build_model(name, train.context.shape[1], cfg, action_dim)
+                fit(model, model_context(model, train), train.target, steps=cfg.steps, lr=cfg.lr,
                     batch_size=cfg.batch_size, seed=seed, device=cfg.device, progress=False)
                 # 4. linear and MLP probes of the frozen representation for the RAM labels
                 scores = probe(model, train, test, cfg, seed=seed)
                 rows.append({"model": name, "sigma": sigma, "seed": seed, **scores})
                 print(f"{name:>6}  σ={sigma:<4g} seed={seed}  linear R²={scores['linear_r2']:.3f}"
-                      f"  MLP R²={scores['mlp_r2']:.3f}")
+                      f"  MLP R²={scores['mlp_r2']:.3f}  player's paddle (linear) "
+                      f"{scores['linear_player_y']:.3f}")
     print()
     print(format_table(summarise(rows)))
     if {"vjepa", "vae"} <= set(cfg.models):
@@ -83,5 +94,7 @@ if __name__ == "__main__":
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--actions", action="store_true",
+                        help="action-conditioned VJEPA/BJEPA (default models: vjepa,bjepa)")
     parser.add_argument("--quick", action="store_true")
     main(parser.parse_args())

@@ -47,7 +47,7 @@ from bjepa.models.heads import make_head
 from bjepa.models.vjepa import VJEPA
 from bjepa.priors import LatentPrior, fuse
 
-__all__ = ["ActionBJEPA", "ActionVJEPA"]
+__all__ = ["ActionBJEPA", "ActionVJEPA", "controllable_directions"]
 
 
 class ActionVJEPA(VJEPA):
@@ -57,21 +57,33 @@ class ActionVJEPA(VJEPA):
     :param latent_dim: size of the latent ``z``.
     :param action_dim: size of an action ``u_t`` (keyword-only).
 
+    :param action_latents: with ``init="cca"``, how many of the ``latent_dim`` directions start
+        at the *controllable* directions of the next frame's features — those whose change,
+        beyond what the current features predict, the actions predict best (a partial CCA);
+        the others start as above. ``0`` (default): none.
+
     Other arguments are those of :class:`~bjepa.models.VJEPA`. With ``init="cca"`` the encoder
     starts at the canonical directions of the next frame that ``(x_t, u_t)`` predict best, and a
     linear head at the least-squares fit of ``z_{t+1}`` on ``[z_t, u_t]``.
     """
 
     def __init__(self, obs_dim: int, latent_dim: int = 4, *, action_dim: int,
-                 **kwargs: Any) -> None:
+                 action_latents: int = 0, **kwargs: Any) -> None:
         check_positive_int("action_dim", action_dim)
+        if isinstance(action_latents, bool) or not isinstance(action_latents, int) \
+                or not 0 <= action_latents <= latent_dim:
+            raise ValueError(f"action_latents must be an int in 0..latent_dim ({latent_dim}), "
+                             f"got {action_latents!r}")
         super().__init__(obs_dim, latent_dim, **kwargs)
         self.action_dim = action_dim
+        self.action_latents = action_latents
         head, encoder = self.hparams["head"], self.hparams["encoder"]
         self.predictor = to_pyro(make_head(head, latent_dim + action_dim, latent_dim,
                                            net=HEAD_NETS[encoder],
                                            hidden_dim=self.hparams["hidden_dim"]))
         self.hparams["action_dim"] = action_dim
+        if action_latents:  # absent when 0, so checkpoints written before it still load
+            self.hparams["action_latents"] = action_latents
 
     # -- data -------------------------------------------------------------------------------
     @property
@@ -151,7 +163,12 @@ class ActionVJEPA(VJEPA):
         encoder = self.context_encoder
         init_input_layer(encoder, x, target)
         a, b = last_layer_inputs(encoder, x), last_layer_inputs(encoder, target)
-        weight, rho = canonical_directions(b, torch.cat([a, u.to(a)], dim=1), self.latent_dim)
+        m = self.action_latents
+        weight, rho = canonical_directions(b, torch.cat([a, u.to(a)], dim=1),
+                                           self.latent_dim - m)
+        if m:
+            w_act, rho_act = controllable_directions(a, b, u.to(a), m)
+            weight, rho = torch.cat([weight, w_act.to(weight)]), torch.cat([rho, rho_act])
         layer = last_linear(encoder)
         layer.weight.copy_(weight.to(layer.weight))
         if layer.bias is not None:
@@ -180,6 +197,32 @@ class ActionVJEPA(VJEPA):
         self._check_context(context)
         with torch.no_grad():
             return self.predictive_dist(context)
+
+
+def controllable_directions(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor, k: int, *,
+                            ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` directions of ``b`` whose part that ``a`` does not predict linearly is best
+    predicted by ``u`` (a partial CCA of ``b`` and ``u`` given ``a``; rows paired).
+
+    Returns ``(W, rho)``: ``W`` of shape ``(k, b.shape[1])`` with ``b @ W.T`` of unit variance
+    on the data, and the partial canonical correlations ``rho`` (descending). With ``a`` the
+    current features, ``b`` the next ones and ``u`` the actions, these are the features the
+    actions control. ``ridge`` is relative to the largest variance of ``a``.
+    """
+    a = a.double() - a.double().mean(0)
+    b = b.double() - b.double().mean(0)
+    u = u.double() - u.double().mean(0)
+    n = a.shape[0]
+    cov = a.T @ a / n
+    cov = cov + ridge * torch.linalg.eigvalsh(cov).max().clamp_min(1e-30) * torch.eye(
+        a.shape[1], dtype=cov.dtype, device=cov.device)
+    coef = torch.linalg.solve(cov, a.T @ torch.cat([b, u], dim=1) / n)
+    resid = torch.cat([b, u], dim=1) - a @ coef
+    weight, rho = canonical_directions(resid[:, :b.shape[1]], resid[:, b.shape[1]:], k,
+                                       ridge=ridge)
+    weight = weight.double()
+    weight = weight / (b @ weight.T).std(0).clamp_min(1e-12)[:, None]
+    return weight.float(), rho
 
 
 class ActionBJEPA(BJEPA, ActionVJEPA):

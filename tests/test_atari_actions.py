@@ -183,3 +183,45 @@ def test_probe_reads_the_prediction_only_for_latent_predictors(tmp_path):
     assert rows[0]["actions"] is False
     assert np.isnan(rows[0]["pred_linear_player_y"]) and np.isfinite(
         rows[0]["frame_linear_player_y"])
+
+
+def test_controllable_directions_find_what_the_actions_move():
+    """Of two next-step features that both persist, only one is moved by the action: the partial
+    CCA given the current features picks that one; a plain CCA cannot tell them apart."""
+    from bjepa.models.action import controllable_directions
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    s = torch.randn(n, 3, generator=g)                     # current state, seen in a
+    u = torch.randn(n, 1, generator=g)                     # the action
+    nxt = s.clone()
+    nxt[:, 1] += u[:, 0]                                   # the action moves state 1 only
+    nxt += 0.05 * torch.randn(n, 3, generator=g)
+    mix = torch.randn(3, 3, generator=g)
+    a, b = s @ mix, nxt @ mix                               # features mix the state
+    w, rho = controllable_directions(a, b, u, 1)
+    assert w.shape == (1, 3) and rho[0] > 0.9
+    direction = w @ mix.T                                   # the direction in state space
+    assert direction[0, 1].abs() > 5 * direction[0, [0, 2]].abs().max()
+    assert float((b @ w.T).std()) == pytest.approx(1.0, rel=1e-3)
+    # with actions that move nothing, the partial correlations are at chance
+    _, rho0 = controllable_directions(a, s @ mix + 0.05 * torch.randn(n, 3, generator=g), u, 1)
+    assert rho0[0] < 0.1
+
+
+def test_action_latents_start_and_validation(tmp_path):
+    m = ActionVJEPA(6, 3, action_dim=2, action_latents=1)
+    assert m.hparams["action_latents"] == 1
+    assert "action_latents" not in ActionVJEPA(6, 3, action_dim=2).hparams
+    for bad in (-1, 4, True):
+        with pytest.raises(ValueError, match="action_latents"):
+            ActionVJEPA(6, 3, action_dim=2, action_latents=bad)
+    with pytest.raises(ValueError, match="action_latents"):
+        exp.AtariConfig(actions=True, models=["vjepa"], action_latents=9).validate()
+    cfg = exp.AtariConfig.quick(actions=True, models=["bjepa"], action_latents=2,
+                                cache_dir=str(tmp_path), progress=False)
+    train, _ = exp.make_splits(cfg, 0.0, 0)
+    model = exp.build_model("bjepa", train.context.shape[1], cfg, train.action_inputs().shape[1])
+    assert model.action_latents == 2
+    rho = model.init_from_data(exp.model_context(model, train), train.target)
+    assert rho.shape == (cfg.latent_dim,) and torch.isfinite(rho).all()

@@ -119,7 +119,9 @@ class AtariConfig:
     (:func:`bjepa.inference.fit_restarts`). Probes: an MLP with ``probe_hidden`` units trained
     for ``probe_steps`` full-batch Adam steps. ``actions``: VJEPA and BJEPA are
     action-conditioned (their predictor reads the one-hot actions ``a_{t+1-past_actions} ..
-    a_{t+k}``; the other models have no such variant and are refused). ``threads`` sets
+    a_{t+k}``; the other models have no such variant and are refused); ``action_latents`` of
+    their ``latent_dim`` directions start at the features the actions control
+    (:func:`bjepa.models.action.controllable_directions`). ``threads`` sets
     ``torch.set_num_threads`` for the run (``None`` leaves it).
     """
 
@@ -147,6 +149,7 @@ class AtariConfig:
     init: str = "cca"
     actions: bool = False
     past_actions: int = 1
+    action_latents: int = 0
     vae_beta: float = 1.0
     steps: int = 600
     restarts: int = 1
@@ -204,6 +207,10 @@ class AtariConfig:
             raise ValueError(f"past_actions must be an int in 0..context_frames "
                              f"({self.context_frames}; the stacks then keep the same rows with "
                              f"and without actions), got {self.past_actions!r}")
+        if isinstance(self.action_latents, bool) or not isinstance(self.action_latents, int) \
+                or not 0 <= self.action_latents <= self.latent_dim:
+            raise ValueError(f"action_latents must be an int in 0..latent_dim "
+                             f"({self.latent_dim}), got {self.action_latents!r}")
         if self.episode_steps < 2 * self.context_frames + 1:
             raise ValueError(f"episode_steps must be > 2·context_frames, got "
                              f"{self.episode_steps}")
@@ -352,7 +359,8 @@ def build_model(name: str, obs_dim: int, cfg: AtariConfig, action_dim: int | Non
         if action_dim is None:
             raise ValueError("action_dim is required when cfg.actions is set (the width of "
                              "AtariSplit.action_inputs())")
-        return ACTION_MODELS[name](obs_dim, cfg.latent_dim, action_dim=action_dim, **settings)
+        return ACTION_MODELS[name](obs_dim, cfg.latent_dim, action_dim=action_dim,
+                                   action_latents=cfg.action_latents, **settings)
     if name in ("vae", "ar"):
         settings["beta"] = cfg.vae_beta
         return registry.build_model(name, obs_dim, cfg.latent_dim, settings=settings,
