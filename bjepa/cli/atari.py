@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--past-actions", type=int, default=None,
                    help="with --actions, also feed the last N actions of the context (the "
                    "paddle answers with a lag; default 1, at most --context-frames)")
+    p.add_argument("--action-latents", type=int, default=None,
+                   help="with --actions, start this many latent directions at the features the "
+                   "actions control (a partial CCA; default 0)")
+    p.add_argument("--frame-skip", type=int, default=None,
+                   help="emulator frames per agent step (default 4)")
     p.add_argument("--restarts", type=int, default=None,
                    help="train each model this many times from different initial weights and "
                    "keep the restart with the best label-free score (predictive information "
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "episode_steps": args.episode_steps, "other_game": args.other_game, "beta": args.beta,
         "tau": args.tau, "init": args.init, "steps": args.steps, "restarts": args.restarts,
         "actions": args.actions, "past_actions": args.past_actions,
+        "action_latents": args.action_latents, "frame_skip": args.frame_skip,
         "lr": args.lr, "batch_size": args.batch_size, "cache_dir": args.cache_dir,
         "threads": args.threads, "device": args.device,
         "progress": not args.no_progress,
