@@ -228,6 +228,13 @@ def test_cli_quick_writes_the_run_folder_and_resumes(tmp_path, capsys):
     assert all(np.isfinite(r["eval_return"]) for r in rows if r["eval_return"] is not None)
     assert main(["control", "--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text()) == rows  # finished: read back
+    report = tmp_path / "report"
+    assert main(["control", "--report", str(out), "--out", str(report)]) == 0
+    assert json.loads((report / "results.json").read_text()) == rows
+    assert (report / "curves.png").exists()
+    capsys.readouterr()
+    assert main(["control", "--report", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
+    assert "no results.json" in capsys.readouterr().err
     assert main(["control", "--quick", "--task", "cartpole-nope", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "not in the dm-control suite" in capsys.readouterr().err

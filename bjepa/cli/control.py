@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "noise patch's side in pixels; needs EGL or OSMesa)")
     p.add_argument("--size", type=int, default=None, help="frame side in pixels (--pixels)")
     p.add_argument("--eval-every", type=int, default=None, help="episodes between evaluations")
+    p.add_argument("--report", nargs="+", default=None, metavar="RUN",
+                   help="combine finished run folders (e.g. one per seed, run in parallel) "
+                        "into --out: summary table, results and curves; trains nothing")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: one seed, two short episodes, small networks (seconds)")
     add_training_args(p)
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from bjepa.experiments.control import run as run_experiment
     from bjepa.runs import RunFolder, default_run_dir
 
+    if args.report:
+        return _report(args)
     overrides = {
         "task": args.task, "models": args.models.split(",") if args.models else None,
         "distractor_dims": args.distractor_dims, "distractor": args.distractor,
@@ -91,4 +96,22 @@ def run(args: argparse.Namespace) -> int:
             raise
     print(format_table(summarise(rows)))
     print(f"\nwrote {folder.path}/: {' '.join(FILES)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bjepa.experiments.control import collect, format_table, plot_curves, summarise
+    from bjepa.runs import RunFolder
+
+    if not args.out:
+        raise ValueError("--report needs --out (the folder for the combined table and curves)")
+    rows = collect(args.report)
+    with RunFolder(args.out, overwrite=args.overwrite) as folder:
+        folder.write_json("config.json", {"report_of": [str(p) for p in args.report]})
+        folder.write_rows("results", rows)
+        summary = summarise(rows)
+        folder.write_json("summary.json", summary)
+        plot_curves(rows, folder.file("curves.png"), title=rows[0]["task"] if rows else "")
+    print(format_table(summary))
+    print(f"\nwrote {folder.path}/: config.json results.csv results.json summary.json curves.png")
     return 0

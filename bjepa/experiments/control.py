@@ -47,8 +47,8 @@ from bjepa.inference.fit import fit, set_seed
 from bjepa.models.control import ControlRecon, ControlVJEPA, ControlWorldModel
 from bjepa.planning.reward import RewardCEM
 
-__all__ = ["CONTROL_MODELS", "ControlConfig", "build_model", "format_table", "play", "plot_curves",
-           "run", "run_seed", "summarise"]
+__all__ = ["CONTROL_MODELS", "ControlConfig", "build_model", "collect", "format_table",
+           "make_env", "play", "plot_curves", "run", "run_seed", "summarise"]
 
 logger = logging.getLogger(__name__)
 
@@ -369,6 +369,30 @@ def run(cfg: ControlConfig, folder: Any, *, device: str | torch.device = "cpu",
     folder.write_rows("results", rows)
     folder.write_json("summary.json", summarise(rows))
     plot_curves(rows, folder.file("curves.png"), title=cfg.task)
+    return rows
+
+
+def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The rows of finished control run folders (their ``results.json``), e.g. runs of one
+    grid cell each started in parallel; refuses folders whose configurations differ in anything
+    but the grid (models, distractor dimensions, seeds)."""
+    rows: list[dict[str, Any]] = []
+    base: dict[str, Any] | None = None
+    grid = {"models", "distractor_dims", "seeds"}
+    for folder in folders:
+        folder = Path(folder)
+        if not (folder / "results.json").exists():
+            raise FileNotFoundError(f"{folder} holds no results.json (not a finished "
+                                    "`bjepa control` run folder)")
+        cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+               if k not in grid}
+        if base is None:
+            base = cfg
+        elif cfg != base:
+            diff = sorted(k for k in cfg.keys() | base.keys() if cfg.get(k) != base.get(k))
+            raise ValueError(f"{folder} was run with other settings ({', '.join(diff)}); "
+                             "collect runs of one configuration")
+        rows += json.loads((folder / "results.json").read_text())
     return rows
 
 
