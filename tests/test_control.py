@@ -271,3 +271,10 @@ def test_pixel_observations_and_the_conv_models_run_end_to_end(tmp_path):
         assert np.isfinite(rows[-1]["eval_return"]) and np.isfinite(rows[-1]["loss"])
     with pytest.raises(ValueError, match="noise-patch sides"):
         ControlConfig(pixels=True, size=32, distractor_dims=[40]).validate()
+
+
+@pytest.mark.cuda
+def test_control_loop_runs_on_cuda():
+    cfg = ControlConfig.quick(episodes=1, eval_every=1, max_episode_steps=12, train_steps=5)
+    rows = run_seed(cfg, "vjepa", 2, 0, device="cuda")
+    assert np.isfinite(rows[-1]["eval_return"]) and np.isfinite(rows[-1]["loss"])
