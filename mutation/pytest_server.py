@@ -78,7 +78,9 @@ def serve(sock_path: str, root: str, timeout: int) -> None:
                 os._exit(code)
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            conn.sendall((json.dumps({"rc": code}) + "\n").encode())
+            # a client that gave up (its own timeout) must not take the server down
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.sendall((json.dumps({"rc": code}) + "\n").encode())
 
 
 if __name__ == "__main__":
