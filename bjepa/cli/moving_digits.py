@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--canvas", type=int, default=None, help="canvas side in pixels (default 32)")
     p.add_argument("--digit-size", type=int, default=None,
                    help="digit side in pixels (default 16; the 8×8 digits are upsampled)")
+    p.add_argument("--train-episodes", type=int, default=None,
+                   help="training episodes (default 1000)")
+    p.add_argument("--test-episodes", type=int, default=None, help="test episodes (default 100)")
     p.add_argument("--context-frames", type=int, default=None,
                    help="frames stacked as the context (default 2: velocity is observable)")
     p.add_argument("--encoder", choices=["conv", "vit"], default=None,
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "models": args.models.split(",") if args.models else None, "sigmas": args.sigmas,
         "seeds": args.seeds, "canvas": args.canvas, "digit_size": args.digit_size,
+        "train_episodes": args.train_episodes, "test_episodes": args.test_episodes,
         "context_frames": args.context_frames, "encoder": args.encoder,
         "vit_patch": args.vit_patch, "vit_width": args.vit_width,
         "latent_dim": args.latent_dim, "beta": args.beta, "tau": args.tau,

@@ -102,7 +102,7 @@ class MovingDigitsConfig:
     digit_size: int = 16
     max_speed: int = 3
     length: int = 24
-    train_episodes: int = 400
+    train_episodes: int = 1000
     test_episodes: int = 100
     context_frames: int = 2
     encoder: str = "conv"
@@ -120,7 +120,7 @@ class MovingDigitsConfig:
     rssm_hidden: int = 64
     rssm_window: int = 16
     rssm_burn_in: int = 4
-    steps: int = 600
+    steps: int = 1200
     rssm_steps: int = 100
     batch_size: int = 64
     rssm_batch_size: int = 128
