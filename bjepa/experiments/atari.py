@@ -723,10 +723,12 @@ def plot_r2_vs_sigma(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_label_vs_sigma(rows: Sequence[dict[str, Any]], label: str, path: str | Path) -> None:
+def plot_label_vs_sigma(rows: Sequence[dict[str, Any]], label: str, path: str | Path, *,
+                        reference: dict[str, float] | None = None) -> None:
     """One label's probe R² against σ (mean ± sd over seeds) for every model with and without
     actions (solid / dashed): the linear and MLP probes of the context latent, and the linear
-    probe of the predicted next latent."""
+    probe of the predicted next latent. ``reference``: named levels drawn as horizontal lines
+    (e.g. a supervised upper bound)."""
     plt = _pyplot()
     summary = summarise_label(rows, label)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True, sharey=True)
@@ -746,6 +748,8 @@ def plot_label_vs_sigma(rows: Sequence[dict[str, Any]], label: str, path: str | 
             ax.plot(x, m, "o" + ls, color=c, label=f"{key[0].upper()}, {key[1]}")
             ax.fill_between(x, m - sd, m + sd, color=c, alpha=0.15)
         ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        for i, (name, level) in enumerate((reference or {}).items()):
+            ax.axhline(level, color=f"C{5 + i}", lw=1.2, ls="-.", label=name)
         ax.set(title=titles[kind], xlabel="distractor strength σ (pixel units)",
                ylabel=f"test R², {label}")
         ax.grid(alpha=0.3)
