@@ -157,6 +157,8 @@ def test_small_run_writes_the_folder_and_sane_numbers(tmp_path):
                  "planning.png"]:
         assert (out / name).stat().st_size > 0, name
     rows = json.loads((out / "results.json").read_text())
+    streamed = (out / "results.jsonl").read_text().splitlines()  # written as units end
+    assert [json.loads(line) for line in streamed] == rows
     # NUTS only up to nuts_max_frames (100 in the quick configuration)
     assert {(r["model"], r["n_frames"]) for r in rows if r["model"] == "bjepa-nuts"} == {
         ("bjepa-nuts", 80)}

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plan-planners", type=_names(PLANNER_NAMES, "--plan-planners"),
                    default=None, help=f"comma list of {','.join(PLANNER_NAMES)}")
     p.add_argument("--plan-episodes", type=int, default=None, help="episodes per planner")
+    p.add_argument("--plan-horizon", type=int, default=None, help="planning horizon")
+    p.add_argument("--plan-candidates", type=int, default=None, help="CEM candidates")
+    p.add_argument("--plan-samples", type=int, default=None,
+                   help="sampled rollouts per candidate")
+    p.add_argument("--plan-draws", type=int, default=None,
+                   help="weight draws per planning call (bjepa-posterior)")
     p.add_argument("--quick", action="store_true",
                    help="two data sizes, one seed, short training: a look in about a minute")
     p.add_argument("--device", default="cpu", type=device_arg,
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                  "regimes": args.regimes, "seeds": args.seeds, "steps": args.steps,
                  "ensemble_size": args.ensemble_size, "plan_frames": args.plan_frames,
                  "plan_planners": args.plan_planners, "plan_episodes": args.plan_episodes,
+                 "plan_horizon": args.plan_horizon, "plan_candidates": args.plan_candidates,
+                 "plan_samples": args.plan_samples, "plan_draws": args.plan_draws,
                  "device": args.device, "threads": args.threads,
                  "progress": not args.no_progress}
     if args.quick:

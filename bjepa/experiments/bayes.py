@@ -507,10 +507,14 @@ def run(cfg: BayesConfig, folder: RunFolder | None = None) -> dict[str, list[dic
         torch.set_num_threads(cfg.threads)
     if folder is not None:
         folder.write_json("config.json", asdict(cfg))
+        for name in ("results.jsonl", "planning.jsonl"):
+            folder.file(name).unlink(missing_ok=True)
     points = grid_points(["all"], cfg.n_frames, cfg.seeds)
 
     def run_one(p: Any) -> dict[str, Any]:
-        return {"rows": _evaluate_seed(cfg, p.setting, p.seed)}
+        unit = _evaluate_seed(cfg, p.setting, p.seed)
+        _append_rows(folder, "results.jsonl", unit)
+        return {"rows": unit}
 
     def describe(r: dict[str, Any]) -> str:
         sel = {x["model"]: x["state_cov90"] for x in r["rows"] if x["regime"] == "in"}
@@ -521,7 +525,7 @@ def run(cfg: BayesConfig, folder: RunFolder | None = None) -> dict[str, list[dic
         grid = run_grid(points, run_one=run_one, describe=describe, progress=cfg.progress,
                         desc="bayes: n_frames × seeds")
         rows = [r for g in grid for r in g["rows"]]
-    plan_rows = run_planning(cfg) if "planning" in cfg.parts else []
+    plan_rows = run_planning(cfg, folder) if "planning" in cfg.parts else []
     if folder is not None:
         if rows:
             folder.write_rows("results", rows)
@@ -541,8 +545,20 @@ def run(cfg: BayesConfig, folder: RunFolder | None = None) -> dict[str, list[dic
     return {"calibration": rows, "planning": plan_rows}
 
 
+def _append_rows(folder: RunFolder | None, name: str, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSON-lines file ``name`` of the run folder as soon as a unit
+    ends, so that an interrupted run keeps what it finished."""
+    if folder is None:
+        return
+    import json
+
+    with folder.file(name).open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 # ------------------------------------------------------------------------------ planning
-def run_planning(cfg: BayesConfig) -> list[dict[str, Any]]:
+def run_planning(cfg: BayesConfig, folder: RunFolder | None = None) -> list[dict[str, Any]]:
     """Train ActionVJEPA and ActionBJEPA (normal weight prior, AutoNormal) on exploration runs
     of ``plan_frames`` steps of the control task of docs/mpc.md and run each planner on the
     same episodes; one row per planner × plan_frames × seed.
@@ -615,9 +631,10 @@ def run_planning(cfg: BayesConfig) -> list[dict[str, Any]]:
                 if name == "oracle":
                     oracle_cost = row["cost"]
                 rows.append(row)
-            for r in rows:
-                if r["plan_frames"] == n and r["seed"] == seed:
-                    r["cost_vs_oracle"] = r["cost"] / oracle_cost if oracle_cost else math.nan
+            unit = [r for r in rows if r["plan_frames"] == n and r["seed"] == seed]
+            for r in unit:
+                r["cost_vs_oracle"] = r["cost"] / oracle_cost if oracle_cost else math.nan
+            _append_rows(folder, "planning.jsonl", unit)
             logger.info("planning n=%d seed=%d: %s", n, seed, {
                 r["planner"]: round(r["cost"], 3) for r in rows
                 if r["plan_frames"] == n and r["seed"] == seed})
@@ -788,12 +805,13 @@ def plot_calibration_vs_n(summary: Sequence[dict[str, Any]], path: Any) -> None:
                        xlabel="training frames")
         axes[1, j].set(xscale="log", ylabel="NLL of s_{t+1} (nats / dim)",
                        xlabel="training frames")
+        axes[1, j].set_yscale("symlog", linthresh=1.0)
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    n = len({s["n"] for s in summary})
+    n = max(s["n"] for s in summary)
     fig.suptitle("Predictive of the probe-mapped true next state against training-set size "
-                 f"(mean ± sd over seeds{'' if n == 1 else ''})")
+                 f"(mean ± sd over {n} seed{'s' if n > 1 else ''}; NLL axis symmetric-log)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
