@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {c['model']} at {c['n_frames']} frames, {c['regime']}: "
                       f"{c['metric']} {c['model_mean']:.3f} vs {c['against_mean']:.3f} "
                       f"(margin {c['margin']:.3f} > spread {c['spread']:.3f})")
+        elif len(cfg.seeds) < 2:
+            print("\none seed: no seed spread to judge differences against (use --seeds 0-4)")
         else:
             print("\nno BJEPA variant is better calibrated than VJEPA beyond the seed spread")
     for s in summarise_planning(plan_rows):

@@ -674,8 +674,8 @@ def compare(rows: Sequence[dict[str, Any]], against: str = "vjepa") -> list[dict
     """Every other model against ``against`` per n_frames × regime, on state NLL, state and
     latent coverage error: the margin (difference of the seed means, positive = the model is
     better) and the seed spread (the larger of the two seed sds); ``better`` when the margin
-    exceeds the spread. Paired differences per seed are given too (``paired_mean``,
-    ``paired_sd``)."""
+    exceeds the spread (never with a single seed: there is no spread). Paired differences per
+    seed are given too (``paired_mean``, ``paired_sd``)."""
     out = []
     by = {(r["model"], r["n_frames"], r["regime"], r["seed"]): r for r in rows}
     keys = sorted({(r["n_frames"], r["regime"]) for r in rows},
@@ -697,8 +697,8 @@ def compare(rows: Sequence[dict[str, Any]], against: str = "vjepa") -> list[dict
                             "model_mean": float(a.mean()), "against_mean": float(b.mean()),
                             "margin": margin, "spread": spread,
                             "paired_mean": float((b - a).mean()), "paired_sd": sd(b - a),
-                            "better": bool(margin > spread),
-                            "worse": bool(-margin > spread)})
+                            "better": len(seeds) > 1 and bool(margin > spread),
+                            "worse": len(seeds) > 1 and bool(-margin > spread)})
     return out
 
 
