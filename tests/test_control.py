@@ -13,7 +13,13 @@ pytest.importorskip("dm_control")
 
 from bjepa.cli import main  # noqa: E402
 from bjepa.data.dmc import DMCEnv, Episode, ReplayBuffer  # noqa: E402
-from bjepa.experiments.control import ControlConfig, play, run_seed, summarise  # noqa: E402
+from bjepa.experiments.control import (  # noqa: E402
+    ControlConfig,
+    collect,
+    play,
+    run_seed,
+    summarise,
+)
 from bjepa.models.control import ControlRecon, ControlVJEPA  # noqa: E402
 from bjepa.planning.reward import RewardCEM  # noqa: E402
 
@@ -198,8 +204,12 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     cfg = ControlConfig.quick(episodes=2, eval_every=1, max_episode_steps=12, train_steps=5)
     straight = run_seed(cfg, "vjepa", 2, 0)
     run_seed(ControlConfig.quick(episodes=1, eval_every=1, max_episode_steps=12, train_steps=5),
-             "vjepa", 2, 0, checkpoint_dir=tmp_path)
-    resumed = run_seed(cfg, "vjepa", 2, 0, checkpoint_dir=tmp_path)
+             "vjepa", 2, 0, checkpoint_dir=tmp_path / "checkpoints" / "one")
+    # an unfinished run folder is reported from its checkpoints
+    (tmp_path / "config.json").write_text(json.dumps({"task": "cartpole-swingup"}))
+    partial = collect([tmp_path])
+    assert [r["episode"] for r in partial] == [0, 1] and summarise(partial)[0]["env_steps"] == 192
+    resumed = run_seed(cfg, "vjepa", 2, 0, checkpoint_dir=tmp_path / "checkpoints" / "one")
     strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in straight]
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed]
 
@@ -234,7 +244,7 @@ def test_cli_quick_writes_the_run_folder_and_resumes(tmp_path, capsys):
     assert (report / "curves.png").exists()
     capsys.readouterr()
     assert main(["control", "--report", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
-    assert "no results.json" in capsys.readouterr().err
+    assert "no config.json" in capsys.readouterr().err
     assert main(["control", "--quick", "--task", "cartpole-nope", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "not in the dm-control suite" in capsys.readouterr().err

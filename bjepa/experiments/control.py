@@ -373,17 +373,19 @@ def run(cfg: ControlConfig, folder: Any, *, device: str | torch.device = "cpu",
 
 
 def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The rows of finished control run folders (their ``results.json``), e.g. runs of one
-    grid cell each started in parallel; refuses folders whose configurations differ in anything
-    but the grid (models, distractor dimensions, seeds)."""
+    """The rows of control run folders, e.g. runs of one grid cell each started in parallel:
+    a finished run's ``results.json``, or an unfinished run's rows so far (from its
+    checkpoints; its last evaluation then stands for it, at fewer environment steps — the
+    ``env_steps`` column says so). Refuses folders whose configurations differ in anything but
+    the grid (models, distractor dimensions, seeds)."""
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] | None = None
     grid = {"models", "distractor_dims", "seeds"}
     for folder in folders:
         folder = Path(folder)
-        if not (folder / "results.json").exists():
-            raise FileNotFoundError(f"{folder} holds no results.json (not a finished "
-                                    "`bjepa control` run folder)")
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder} holds no config.json (not a `bjepa control` run "
+                                    "folder)")
         cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
                if k not in grid}
         if base is None:
@@ -392,7 +394,17 @@ def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
             diff = sorted(k for k in cfg.keys() | base.keys() if cfg.get(k) != base.get(k))
             raise ValueError(f"{folder} was run with other settings ({', '.join(diff)}); "
                              "collect runs of one configuration")
-        rows += json.loads((folder / "results.json").read_text())
+        if (folder / "results.json").exists():
+            rows += json.loads((folder / "results.json").read_text())
+            continue
+        loops = sorted((folder / "checkpoints").glob("*/loop.json"))
+        if not loops:
+            raise FileNotFoundError(f"{folder} holds neither results.json nor a checkpoint "
+                                    "(no episode finished yet)")
+        logger.warning("%s is unfinished: reporting its %d checkpointed run(s) so far",
+                       folder, len(loops))
+        for loop in loops:
+            rows += json.loads(loop.read_text())["rows"]
     return rows
 
 
