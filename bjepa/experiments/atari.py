@@ -753,7 +753,7 @@ def plot_label_vs_sigma(rows: Sequence[dict[str, Any]], label: str, path: str | 
         ax.set(title=titles[kind], xlabel="distractor strength σ (pixel units)",
                ylabel=f"test R², {label}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center right")
     n_seeds = len({r["seed"] for r in rows})
     fig.suptitle(f"Atari: probes of {label} with and without actions "
                  f"(mean ± sd over {n_seeds} seeds)")
