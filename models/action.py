@@ -175,6 +175,7 @@ class ActionVJEPA(VJEPA):
             layer.bias.copy_(-(b.mean(0) @ weight.T.to(b)).to(layer.bias))
         if self._ema is not None:
             self._ema.update(encoder, 0.0)
+        self._started = True  # as the base start records (the hook guard reads it)
         z_context = torch.cat([encoder(x), u.to(x)], dim=1)
         self._init_head(z_context, self._ema(target) if self._ema else encoder(target))
         return rho

@@ -223,5 +223,8 @@ def test_action_latents_start_and_validation(tmp_path):
     train, _ = exp.make_splits(cfg, 0.0, 0)
     model = exp.build_model("bjepa", train.context.shape[1], cfg, train.action_inputs().shape[1])
     assert model.action_latents == 2
+    assert not model._started
+    assert model.prepare(exp.model_context(model, train), train.target)
+    assert model._started  # the hook guard knows the data start ran
     rho = model.init_from_data(exp.model_context(model, train), train.target)
     assert rho.shape == (cfg.latent_dim,) and torch.isfinite(rho).all()
