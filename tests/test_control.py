@@ -210,6 +210,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     partial = collect([tmp_path])
     assert [r["episode"] for r in partial] == [0, 1] and summarise(partial)[0]["env_steps"] == 192
     resumed = run_seed(cfg, "vjepa", 2, 0, checkpoint_dir=tmp_path / "checkpoints" / "one")
+    assert straight[-1]["final_episodes"] == 1 and "final_return" not in straight[-2]
     strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in straight]
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed]
 
@@ -236,6 +237,8 @@ def test_cli_quick_writes_the_run_folder_and_resumes(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())
     assert {(r["model"], r["distractor_dims"]) for r in rows} == {("vjepa", 4), ("recon", 4)}
     assert all(np.isfinite(r["eval_return"]) for r in rows if r["eval_return"] is not None)
+    finals = [r for r in rows if "final_return" in r]
+    assert len(finals) == 2 and all(r["episode"] == 2 for r in finals)
     assert main(["control", "--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text()) == rows  # finished: read back
     report = tmp_path / "report"

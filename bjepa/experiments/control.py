@@ -86,6 +86,7 @@ class ControlConfig:
     explore: float = 0.3
     eval_every: int = 4
     eval_episodes: int = 1
+    final_eval_episodes: int = 5
     max_episode_steps: int | None = None
     pixels: bool = False
     size: int = 64
@@ -96,7 +97,7 @@ class ControlConfig:
         """A smoke-test configuration (well under two minutes on a 2-core CPU)."""
         base = dict(seeds=[0], seed_episodes=1, episodes=2, train_steps=20, batch_size=64,
                     latent_dim=16, hidden_dim=64, population=64, elites=8, iterations=2,
-                    plan_horizon=6, eval_every=2, max_episode_steps=40)
+                    plan_horizon=6, eval_every=2, max_episode_steps=40, final_eval_episodes=1)
         base.update(overrides)
         return cls(**base).validate()
 
@@ -117,7 +118,8 @@ class ControlConfig:
         check_nonnegative("sigma", self.sigma)
         for name in ("action_repeat", "seed_episodes", "episodes", "train_steps", "batch_size",
                      "horizon", "latent_dim", "hidden_dim", "plan_horizon", "population",
-                     "elites", "iterations", "particles", "eval_every", "eval_episodes"):
+                     "elites", "iterations", "particles", "eval_every", "eval_episodes",
+                     "final_eval_episodes"):
             check_positive_int(name, getattr(self, name))
         if self.elites > self.population:
             raise ValueError(f"elites ({self.elites}) must be <= population ({self.population})")
@@ -214,6 +216,18 @@ class _State:
     env_steps: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     elapsed: float = 0.0
+    final: list[float] | None = None
+
+
+def final_evaluation(model: ControlWorldModel, cfg: ControlConfig, distractor_dims: int,
+                     seed: int) -> list[float]:
+    """Returns of ``cfg.final_eval_episodes`` episodes planned by the trained ``model`` without
+    exploration noise, on an environment seeded apart from training and the periodic
+    evaluations (``seed + 20 000``)."""
+    env = make_env(cfg, distractor_dims, seed + 20_000)
+    rng = np.random.default_rng([seed, 0xF1A1])
+    return [_planned_episode(model, env, cfg, explore=0.0, seed=seed * 104_729 + 7 + i,
+                             rng=rng).ret for i in range(cfg.final_eval_episodes)]
 
 
 def _save_state(folder: Path, model: ControlWorldModel, buffer: ReplayBuffer, env: DMCEnv,
@@ -221,7 +235,7 @@ def _save_state(folder: Path, model: ControlWorldModel, buffer: ReplayBuffer, en
     buffer.save(folder / "replay.npz")
     loop = {"episode": state.episode, "env_steps": state.env_steps, "rows": state.rows,
             "elapsed": state.elapsed, "env_rng": env.rng_state(),
-            "eval_env_rng": eval_env.rng_state(),
+            "eval_env_rng": eval_env.rng_state(), "final": state.final,
             "loop_rng": rng.bit_generator.state}
     rng_state = capture_rng_state()
     save_checkpoint(folder / "model.pt", model, extra={"rng": rng_state})
@@ -247,7 +261,8 @@ def _load_state(folder: Path, model: ControlWorldModel, env: DMCEnv, eval_env: D
     eval_env.set_rng_state(loop["eval_env_rng"])
     rng.bit_generator.state = loop["loop_rng"]
     buffer = ReplayBuffer.load(folder / "replay.npz")
-    return buffer, _State(loop["episode"], loop["env_steps"], loop["rows"], loop["elapsed"])
+    return buffer, _State(loop["episode"], loop["env_steps"], loop["rows"], loop["elapsed"],
+                          loop.get("final"))
 
 
 def run_seed(cfg: ControlConfig, model_name: str, distractor_dims: int, seed: int, *,
@@ -280,6 +295,7 @@ def run_seed(cfg: ControlConfig, model_name: str, distractor_dims: int, seed: in
     while state.episode < cfg.episodes:
         t0 = time.perf_counter()
         state.episode += 1
+        state.final = None  # a final evaluation belongs to the model of the last episode
         loss = _train(model, buffer, cfg, seed * 100_003 + state.episode, device)
         ep = _planned_episode(model, env, cfg, explore=cfg.explore,
                               seed=seed * 7919 + state.episode, rng=rng)
@@ -301,7 +317,24 @@ def run_seed(cfg: ControlConfig, model_name: str, distractor_dims: int, seed: in
             on_row(row)
         if folder is not None:
             _save_state(folder, model, buffer, env, eval_env, rng, state)
-    return state.rows
+    if state.final is None:
+        t0 = time.perf_counter()
+        state.final = final_evaluation(model, cfg, distractor_dims, seed)
+        logger.info("%s final evaluation: %s (%.0f s)", tag,
+                    ", ".join(f"{r:.1f}" for r in state.final), time.perf_counter() - t0)
+        if folder is not None:
+            _save_state(folder, model, buffer, env, eval_env, rng, state)
+    return with_final(state.rows, state.final)
+
+
+def with_final(rows: list[dict[str, Any]], final: list[float] | None) -> list[dict[str, Any]]:
+    """``rows`` with the final evaluation's mean, sd and episode count on the last row."""
+    if not final or not rows:
+        return list(rows)
+    v = np.array(final)
+    last = {**rows[-1], "final_return": float(v.mean()),
+            "final_sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "final_episodes": len(v)}
+    return [*rows[:-1], last]
 
 
 def _row(cfg: ControlConfig, model: str, dims: int, seed: int, state: _State,
@@ -314,10 +347,12 @@ def _row(cfg: ControlConfig, model: str, dims: int, seed: int, state: _State,
 
 
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Final evaluation return per (model, distractor dims): mean, sd and min over seeds."""
+    """Return of the trained planner per (model, distractor dims): mean, sd and min over seeds
+    of each run's final evaluation (``final_return``: the mean of ``final_eval_episodes``
+    episodes), or, for a run without one (unfinished), of its last periodic evaluation."""
     final: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in rows:
-        if r.get("eval_return") is None:
+        if r.get("eval_return") is None and r.get("final_return") is None:
             continue
         key = (r["model"], r["distractor_dims"], r["seed"])
         if key not in final or r["episode"] > final[key]["episode"]:
@@ -327,7 +362,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((m, d), []).append(r)
     out = []
     for (m, d), rs in sorted(groups.items()):
-        v = np.array([r["eval_return"] for r in rs])
+        v = np.array([r.get("final_return", r["eval_return"]) for r in rs])
         out.append(dict(model=m, distractor_dims=d, seeds=len(rs), mean=float(v.mean()),
                         sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0, min=float(v.min()),
                         env_steps=max(r["env_steps"] for r in rs),
@@ -404,7 +439,8 @@ def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
         logger.warning("%s is unfinished: reporting its %d checkpointed run(s) so far",
                        folder, len(loops))
         for loop in loops:
-            rows += json.loads(loop.read_text())["rows"]
+            state = json.loads(loop.read_text())
+            rows += with_final(state["rows"], state.get("final"))
     return rows
 
 
