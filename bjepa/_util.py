@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["nanmean", "progress_bar", "seeded"]
+__all__ = ["nanmean", "progress_bar", "seeded", "torch_threads"]
 
 
 def progress_bar(total: int, enabled: bool, desc: str, *, unit: str = "it",
@@ -47,3 +47,16 @@ def seeded(seed: int | None, device: torch.device | None = None, *,
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with torch's intra-op thread count set to ``n`` (``None``: unchanged), and
+    restore the caller's count afterwards."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bjepa._util import nanmean
+from bjepa._util import nanmean, torch_threads
 from bjepa._validation import (
     check_choice,
     check_nonnegative,
@@ -534,13 +534,8 @@ def run(cfg: AtariConfig, folder: RunFolder | None = None) -> list[dict[str, Any
     cfg.validate()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but CUDA is not available; use 'cpu'")
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, folder)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(cfg: AtariConfig, folder: RunFolder | None) -> list[dict[str, Any]]:
