@@ -206,7 +206,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     run_seed(ControlConfig.quick(episodes=1, eval_every=1, max_episode_steps=12, train_steps=5),
              "vjepa", 2, 0, checkpoint_dir=tmp_path / "checkpoints" / "one")
     # an unfinished run folder is reported from its checkpoints
-    (tmp_path / "config.json").write_text(json.dumps({"task": "cartpole-swingup"}))
+    (tmp_path / "config.json").write_text(json.dumps({"task": "cartpole-swingup"}))  # defaults
     partial = collect([tmp_path])
     assert [r["episode"] for r in partial] == [0, 1] and summarise(partial)[0]["env_steps"] == 192
     resumed = run_seed(cfg, "vjepa", 2, 0, checkpoint_dir=tmp_path / "checkpoints" / "one")

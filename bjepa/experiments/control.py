@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(dict(model=m, distractor_dims=d, seeds=len(rs), mean=float(v.mean()),
                         sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0, min=float(v.min()),
                         env_steps=max(r["env_steps"] for r in rs),
+                        env_steps_min=min(r["env_steps"] for r in rs),
                         wall_s=float(np.mean([r["wall_s"] for r in rs]))))
     return out
 
@@ -375,8 +376,10 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
     lines = ["| model | distractor dims | seeds | final return (mean ± sd) | min | env steps "
              "| wall s / run |", "|---|---|---|---|---|---|---|"]
     for r in summary:
+        lo = r.get("env_steps_min", r["env_steps"])
+        steps = str(r["env_steps"]) if lo == r["env_steps"] else f"{lo}–{r['env_steps']}"
         lines.append(f"| {r['model']} | {r['distractor_dims']} | {r['seeds']} | "
-                     f"{r['mean']:.1f} ± {r['sd']:.1f} | {r['min']:.1f} | {r['env_steps']} | "
+                     f"{r['mean']:.1f} ± {r['sd']:.1f} | {r['min']:.1f} | {steps} | "
                      f"{r['wall_s']:.0f} |")
     return "\n".join(lines)
 
@@ -421,8 +424,13 @@ def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
         if not (folder / "config.json").exists():
             raise FileNotFoundError(f"{folder} holds no config.json (not a `bjepa control` run "
                                     "folder)")
-        cfg = {k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+        stored = json.loads((folder / "config.json").read_text())
+        known = {f.name for f in fields(ControlConfig)}
+        # settings a run folder predates take their defaults, as they did when it ran
+        cfg = {k: v for k, v in asdict(ControlConfig(**{k: v for k, v in stored.items()
+                                                         if k in known})).items()
                if k not in grid}
+        cfg.update({k: v for k, v in stored.items() if k not in known})
         if base is None:
             base = cfg
         elif cfg != base:
