@@ -453,29 +453,41 @@ def collect(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> None:
-    """Evaluation return against environment steps: mean ± sd over seeds per
-    (model, distractor dims), with each seed thin."""
+    """Evaluation return against environment steps per (model, distractor dims): each seed
+    thin, the mean over seeds thick (at the steps every seed has reached), and each run's final
+    evaluation as a marker with the spread over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
     groups: dict[tuple[str, int], dict[int, list[tuple[int, float]]]] = {}
+    finals: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for r in rows:
+        key = (r["model"], r["distractor_dims"])
+        if r.get("final_return") is not None:
+            finals.setdefault(key, []).append((r["env_steps"], r["final_return"]))
         if r.get("eval_return") is None:
             continue
-        groups.setdefault((r["model"], r["distractor_dims"]), {}).setdefault(
-            r["seed"], []).append((r["env_steps"], r["eval_return"]))
+        groups.setdefault(key, {}).setdefault(r["seed"], []).append(
+            (r["env_steps"], r["eval_return"]))
     for i, ((m, d), seeds) in enumerate(sorted(groups.items())):
         color = f"C{i}"
         for pts in seeds.values():
             x, y = zip(*sorted(pts), strict=True)
             ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
         steps = sorted({x for pts in seeds.values() for x, _ in pts})
+        steps = [s for s in steps if all(any(x == s for x, _ in p) for p in seeds.values())]
         mean = [np.mean([y for pts in seeds.values() for x, y in pts if x == s]) for s in steps]
         ax.plot(steps, mean, color=color, lw=2, label=f"{m}, {d} distractor dims "
                 f"({len(seeds)} seeds)")
+        if (m, d) in finals:
+            xs, ys = zip(*finals[(m, d)], strict=True)
+            ax.errorbar(max(xs) + 300 * i, np.mean(ys), yerr=np.std(ys, ddof=1)
+                        if len(ys) > 1 else 0.0, color=color, marker="D", ms=6, capsize=3)
+    if finals:
+        ax.plot([], [], "kD", ms=5, label="final evaluation (mean ± sd over seeds)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return")
     ax.set_title(title)
