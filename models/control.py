@@ -3,7 +3,7 @@
 Both models are Pyro programs over *sequences* cut from a replay buffer: an observation
 ``o_0``, the ``H`` actions ``a_0 … a_{H-1}`` taken from it, the ``H`` observations
 ``o_1 … o_H`` that followed and the ``H`` rewards ``r_0 … r_{H-1}``. So that they train with
-the one loop (:func:`bjepa.inference.fit`, mini-batches drawn by ``pyro.plate``), a batch of
+the library's one training loop (``fit``, mini-batches drawn by ``pyro.plate``), a batch of
 sequences is packed into two matrices (:meth:`ControlWorldModel.pack`)::
 
     context = [o_0 | a_0 … a_{H-1}]              (N, D_o + H·A)
@@ -117,7 +117,7 @@ class ControlWorldModel(WorldModel):
     def pack(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sequences ``obs`` (N, H + 1, D_o), ``actions`` (N, H, A), ``rewards`` (N, H) →
-        ``(context, target)`` for :func:`~bjepa.inference.fit` (module docstring)."""
+        ``(context, target)`` for ``fit`` (module docstring)."""
         n, h = obs.shape[0], self.horizon
         check_tensor("obs", obs, ndim=3, last_dim=self.obs_dim)
         check_tensor("actions", actions, ndim=3, last_dim=self.action_dim)

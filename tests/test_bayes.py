@@ -191,8 +191,8 @@ def test_bad_configuration_is_refused(tmp_path, capsys):
     assert "steps" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_quick_cli(tmp_path):
+    """`bjepa bayes --quick` end to end (about 50 s of CPU): the command users run first."""
     rc = main(["bayes", "--quick", "--out", str(tmp_path / "q"), "--no-progress"])
     assert rc == 0
     rows = json.loads((tmp_path / "q" / "results.json").read_text())
