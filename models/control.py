@@ -176,8 +176,10 @@ class ControlWorldModel(WorldModel):
         raise NotImplementedError
 
     def transition(self, z: torch.Tensor, a: torch.Tensor) -> dist.Normal:
-        """``p(z' | z, a)`` (batch shape (N, D_z))."""
-        raise NotImplementedError
+        """``p(z' | z, a) = N(z + Δ_φ(z, a), σ²_φ(z, a))`` from the subclass's ``predictor``
+        (a network of ``[z, a]`` with ``2·D_z`` outputs; batch shape (N, D_z))."""
+        loc, raw = self.predictor(torch.cat([z, a], -1)).chunk(2, -1)
+        return dist.Normal(z + loc, positive_scale(raw))
 
     @torch.no_grad()
     def imagine(self, z0: torch.Tensor, actions: torch.Tensor, *, sample: bool = True,
@@ -239,10 +241,6 @@ class ControlVJEPA(ControlWorldModel):
             self.target_scale_net.bias.fill_(_softplus_inverse(target_scale_init))
         self.predictor = to_pyro(control_mlp(latent_dim + action_dim, 2 * latent_dim,
                                              hidden_dim))
-
-    def transition(self, z: torch.Tensor, a: torch.Tensor) -> dist.Normal:
-        loc, raw = self.predictor(torch.cat([z, a], -1)).chunk(2, -1)
-        return dist.Normal(z + loc, positive_scale(raw))
 
     def start_latent(self, obs: torch.Tensor) -> torch.Tensor:
         return self.context_encoder(self.standardize(obs))
@@ -316,10 +314,6 @@ class ControlRecon(ControlWorldModel):
         """``q(z | o)`` for standardised observations."""
         loc, raw = self.context_encoder(obs_std).chunk(2, -1)
         return dist.Normal(loc, positive_scale(raw))
-
-    def transition(self, z: torch.Tensor, a: torch.Tensor) -> dist.Normal:
-        loc, raw = self.predictor(torch.cat([z, a], -1)).chunk(2, -1)
-        return dist.Normal(z + loc, positive_scale(raw))
 
     def start_latent(self, obs: torch.Tensor) -> torch.Tensor:
         return self.posterior(self.standardize(obs)).loc
