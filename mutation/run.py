@@ -116,6 +116,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_noisy_tv.py::test_probe_r2_known_values",
         "tests/test_noisy_tv.py::test_canonical_directions_recover_shared_subspace",
         "tests/test_fuzz.py::test_fuzz_linear_probe",
+        "tests/test_mutation_survivors.py",
     ],
     "bjepa/diagnostics/calibration.py": ["tests/test_calibration_exact.py", *_GAPS_CAL,
                                          *_DIAG_CAL],
@@ -125,6 +126,9 @@ MODULES: dict[str, list[str]] = {
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
               "test_malicious_checkpoint_refused"),
         *_CKPT,
+        "tests/test_mutation_survivors.py::test_checkpoints_can_be_saved_into_folders_that_do_not_exist_yet",
+        # find_latest_checkpoint and load_model's prior overrides are tested here
+        "tests/test_prior_io.py",
     ],
 }
 
