@@ -126,7 +126,7 @@ MODULES: dict[str, list[str]] = {
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
               "test_malicious_checkpoint_refused"),
         *_CKPT,
-        "tests/test_mutation_survivors.py::test_checkpoints_can_be_saved_into_folders_that_do_not_exist_yet",
+        "tests/test_mutation_survivors.py",
         # find_latest_checkpoint and load_model's prior overrides are tested here
         "tests/test_prior_io.py",
     ],

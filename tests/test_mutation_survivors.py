@@ -54,3 +54,29 @@ def test_checkpoints_can_be_saved_into_folders_that_do_not_exist_yet(tmp_path):
     path = tmp_path / "a" / "b" / "c" / "model.pt"
     save_checkpoint(path, m)
     assert load_checkpoint(path)["model_class"] == "VJEPA"
+
+
+def test_a_checkpoint_that_does_not_fit_names_what_torch_found(tmp_path):
+    from bjepa.inference.checkpoint import CheckpointError, restore_model_state
+
+    save_checkpoint(tmp_path / "m.pt", VJEPA(6, 2))
+    payload = load_checkpoint(tmp_path / "m.pt")
+    payload["state_dict"].pop(next(iter(payload["state_dict"])))  # a key the model needs
+    with pytest.raises(CheckpointError, match=r"does not fit this VJEPA: Error\(s\) in loading"):
+        restore_model_state(payload, VJEPA(6, 2), tmp_path / "m.pt")
+
+
+def test_newest_checkpoint_prefers_model_pt_when_two_files_are_equally_new(tmp_path):
+    import os
+
+    from bjepa.inference.checkpoint import find_latest_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    a, b = tmp_path / "model.pt", tmp_path / "checkpoints" / "step-000000010.pt"
+    a.write_bytes(b"x")
+    b.write_bytes(b"x")
+    os.utime(a, ns=(10**18, 10**18))
+    os.utime(b, ns=(10**18, 10**18))
+    assert find_latest_checkpoint(tmp_path) == a
+    os.utime(b, ns=(10**18 + 1, 10**18 + 1))
+    assert find_latest_checkpoint(tmp_path) == b
