@@ -24,7 +24,7 @@ try:  # POSIX advisory locks; on other platforms folders are not locked
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["DirectoryLock", "RunFolder", "atomic_write_text", "default_run_dir"]
+__all__ = ["DirectoryLock", "RunFolder", "append_jsonl", "atomic_write_text", "default_run_dir"]
 
 
 class DirectoryLock:
@@ -76,6 +76,18 @@ class DirectoryLock:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see :func:`bjepa._io.atomic_write`)."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def append_jsonl(path: str | Path | None, rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to the JSON-lines file ``path`` (its folder made if missing) as soon as
+    they exist, so an interrupted run keeps what it finished; ``path=None`` does nothing."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

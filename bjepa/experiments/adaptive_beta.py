@@ -27,6 +27,7 @@ from bjepa.experiments.grid import summarise_rows
 from bjepa.experiments.sweeps import evaluate
 from bjepa.inference import CalibratedBeta, Callback, TargetRate, fit
 from bjepa.inference.fit import set_seed
+from bjepa.runs import append_jsonl
 
 if TYPE_CHECKING:
     import torch
@@ -292,12 +293,8 @@ def _training_columns(hist: Any, beta0: float) -> dict[str, Any]:
 
 
 def _append_row(path: Path | None, row: dict[str, Any]) -> dict[str, Any]:
-    """Append ``row`` to the JSON-lines file ``path`` (if any) as soon as it exists, so an
-    interrupted run keeps what it finished; returns ``row``."""
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    """:func:`bjepa.runs.append_jsonl` of one row; returns ``row``."""
+    append_jsonl(path, [row])
     return row
 
 

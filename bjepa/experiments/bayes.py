@@ -45,6 +45,7 @@ from torch.distributions import (
     Normal,
 )
 
+from bjepa._util import torch_threads
 from bjepa._validation import (
     check_choice,
     check_nonnegative,
@@ -57,7 +58,7 @@ from bjepa.diagnostics import calibrate, fit_linear_probe
 from bjepa.experiments.grid import format_rows, grid_points, run_grid, summarise_rows
 from bjepa.inference import fit, nuts_posterior
 from bjepa.inference.fit import set_seed
-from bjepa.runs import RunFolder
+from bjepa.runs import RunFolder, append_jsonl
 
 __all__ = [
     "GUIDES",
@@ -503,8 +504,11 @@ def run(cfg: BayesConfig, folder: RunFolder | None = None) -> dict[str, list[dic
     ``config.json``, ``results.csv/json``, ``planning.csv/json``, ``summary.json``,
     ``table.md`` and the figures."""
     cfg.validate()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _run(cfg, folder)
+
+
+def _run(cfg: BayesConfig, folder: RunFolder | None) -> dict[str, list[dict[str, Any]]]:
     if folder is not None:
         folder.write_json("config.json", asdict(cfg))
         for name in ("results.jsonl", "planning.jsonl"):
@@ -548,13 +552,7 @@ def run(cfg: BayesConfig, folder: RunFolder | None = None) -> dict[str, list[dic
 def _append_rows(folder: RunFolder | None, name: str, rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` to the JSON-lines file ``name`` of the run folder as soon as a unit
     ends, so that an interrupted run keeps what it finished."""
-    if folder is None:
-        return
-    import json
-
-    with folder.file(name).open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    append_jsonl(None if folder is None else folder.file(name), rows)
 
 
 # ------------------------------------------------------------------------------ planning

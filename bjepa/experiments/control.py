@@ -46,6 +46,7 @@ from bjepa.inference.checkpoint import (
 from bjepa.inference.fit import fit, set_seed
 from bjepa.models.control import ControlRecon, ControlVJEPA, ControlWorldModel
 from bjepa.planning.reward import RewardCEM
+from bjepa.runs import append_jsonl
 
 __all__ = ["CONTROL_MODELS", "ControlConfig", "build_model", "collect", "format_table",
            "make_env", "play", "plot_curves", "run", "run_seed", "summarise"]
@@ -391,11 +392,9 @@ def run(cfg: ControlConfig, folder: Any, *, device: str | torch.device = "cpu",
     cfg.validate()
     folder.write_json("config.json", asdict(cfg))
     rows: list[dict[str, Any]] = []
-    metrics = folder.metrics_path
 
     def stream(row: dict[str, Any]) -> None:
-        with open(metrics, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_jsonl(folder.metrics_path, [row])
 
     cells = [(m, d, s) for m in cfg.models for d in cfg.distractor_dims for s in cfg.seeds]
     for i, (m, d, s) in enumerate(cells):
