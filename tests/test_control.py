@@ -81,11 +81,20 @@ def test_replay_windows_stay_inside_episodes_and_round_trip_without_pickle(tmp_p
     assert all(len(set((o // 100).ravel().tolist())) == 1 for o in obs)
     np.testing.assert_array_equal(act[:, :, 0], rew)
     np.testing.assert_array_equal(obs[1, :, 0], [2, 4, 6, 8])
-    path = buf.save(tmp_path / "replay.npz")
-    back = ReplayBuffer.load(path)
+    folder = buf.save(tmp_path / "replay")
+    back = ReplayBuffer.load(folder)
     for a, b in zip(buf.episodes, back.episodes, strict=True):
         np.testing.assert_array_equal(a.obs, b.obs)
         np.testing.assert_array_equal(a.rewards, b.rewards)
+    # saving again writes only the episodes added since
+    first = (folder / "episode-00000.npz").stat().st_mtime_ns
+    back.add(eps[0])
+    back.save(folder)
+    assert (folder / "episode-00000.npz").stat().st_mtime_ns == first
+    assert len(ReplayBuffer.load(folder).episodes) == 4
+    assert len(ReplayBuffer.load(folder, 2).episodes) == 2
+    with pytest.raises(FileNotFoundError, match="fewer than 5 episodes"):
+        ReplayBuffer.load(folder, 5)
     with pytest.raises(ValueError, match="no episode has 9 transitions"):
         buf.sequences(9)
     with pytest.raises(ValueError, match="T \\+ 1 observations"):

@@ -23,7 +23,7 @@ and ``mujoco<4``; dm-control 1.0.50 fails with MuJoCo 4).
   back-end: EGL or OSMesa (Debian: ``apt-get install libegl1 libgl1-mesa-dri libosmesa6``);
   :func:`pick_renderer` chooses one that works unless ``MUJOCO_GL`` is set.
 - :class:`Episode` / :class:`ReplayBuffer` — the transitions collected so far, sampled as
-  fixed-length sequences, saved and loaded as ``.npz`` (no pickle).
+  fixed-length sequences, saved and loaded as one ``.npz`` per episode (no pickle).
 
 Example::
 
@@ -268,6 +268,8 @@ class ReplayBuffer:
     """Every episode collected, sampled as sequences of ``length`` transitions."""
 
     episodes: list[Episode] = field(default_factory=list)
+    #: episodes already written by :meth:`save` (or read by :meth:`load`)
+    _saved: int = field(default=0, repr=False, compare=False)
 
     def add(self, episode: Episode) -> None:
         self.episodes.append(episode)
@@ -292,25 +294,36 @@ class ReplayBuffer:
             raise ValueError(f"no episode has {length} transitions yet")
         return np.concatenate(obs), np.concatenate(act), np.concatenate(rew)
 
-    def save(self, path: str | Path) -> Path:
-        """Write every episode to ``path`` (``.npz``, atomically)."""
-        arrays: dict[str, np.ndarray] = {"n": np.array(len(self.episodes))}
-        for i, e in enumerate(self.episodes):
-            arrays[f"obs_{i}"], arrays[f"actions_{i}"] = e.obs, e.actions
-            arrays[f"rewards_{i}"] = e.rewards
+    def save(self, folder: str | Path) -> Path:
+        """Write the episodes this buffer has not written yet to ``folder``, one
+        ``episode-NNNNN.npz`` each (atomically, no pickle): episodes never change once added,
+        so saving after every episode costs one episode's write, not the whole buffer's."""
+        folder = Path(folder)
+        for i in range(self._saved, len(self.episodes)):
+            e = self.episodes[i]
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
+            def write(tmp: Path, e: Episode = e) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, obs=e.obs, actions=e.actions, rewards=e.rewards)
 
-        path = Path(path)
-        atomic_write(path, write)
-        return path
+            atomic_write(folder / f"episode-{i:05d}.npz", write)
+        self._saved = len(self.episodes)
+        return folder
 
     @classmethod
-    def load(cls, path: str | Path) -> ReplayBuffer:
-        """Read a buffer written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(Path(path), allow_pickle=False) as f:
-            n = int(f["n"])
-            return cls([Episode(f[f"obs_{i}"], f[f"actions_{i}"], f[f"rewards_{i}"])
-                        for i in range(n)])
+    def load(cls, folder: str | Path, episodes: int | None = None) -> ReplayBuffer:
+        """Read the first ``episodes`` (default: all) episodes written by :meth:`save`
+        (``allow_pickle=False``)."""
+        folder = Path(folder)
+        n = len(list(folder.glob("episode-*.npz"))) if episodes is None else episodes
+        out = []
+        for i in range(n):
+            path = folder / f"episode-{i:05d}.npz"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: the replay buffer in {folder} "
+                                        f"holds fewer than {n} episodes")
+            with np.load(path, allow_pickle=False) as f:
+                out.append(Episode(f["obs"], f["actions"], f["rewards"]))
+        buffer = cls(out)
+        buffer._saved = n
+        return buffer

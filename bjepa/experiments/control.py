@@ -233,10 +233,11 @@ def final_evaluation(model: ControlWorldModel, cfg: ControlConfig, distractor_di
 
 def _save_state(folder: Path, model: ControlWorldModel, buffer: ReplayBuffer, env: DMCEnv,
                 eval_env: DMCEnv, rng: np.random.Generator, state: _State) -> None:
-    buffer.save(folder / "replay.npz")
+    buffer.save(folder / "replay")
     loop = {"episode": state.episode, "env_steps": state.env_steps, "rows": state.rows,
             "elapsed": state.elapsed, "env_rng": env.rng_state(),
             "eval_env_rng": eval_env.rng_state(), "final": state.final,
+            "buffer_episodes": len(buffer.episodes),
             "loop_rng": rng.bit_generator.state}
     rng_state = capture_rng_state()
     save_checkpoint(folder / "model.pt", model, extra={"rng": rng_state})
@@ -261,7 +262,7 @@ def _load_state(folder: Path, model: ControlWorldModel, env: DMCEnv, eval_env: D
     env.set_rng_state(loop["env_rng"])
     eval_env.set_rng_state(loop["eval_env_rng"])
     rng.bit_generator.state = loop["loop_rng"]
-    buffer = ReplayBuffer.load(folder / "replay.npz")
+    buffer = ReplayBuffer.load(folder / "replay", loop["buffer_episodes"])
     return buffer, _State(loop["episode"], loop["env_steps"], loop["rows"], loop["elapsed"],
                           loop.get("final"))
 
