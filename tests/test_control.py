@@ -250,6 +250,15 @@ def test_cli_quick_writes_the_run_folder_and_resumes(tmp_path, capsys):
     assert len(finals) == 2 and all(r["episode"] == 2 for r in finals)
     assert main(["control", "--quick", "--out", str(out), "--resume", "--no-progress"]) == 0
     assert json.loads((out / "results.json").read_text()) == rows  # finished: read back
+    # --overwrite starts again: a run of other settings left no checkpoint to resume from
+    fresh, again = tmp_path / "fresh", tmp_path / "again"
+    assert main(["control", "--quick", "--out", str(fresh), "--no-progress"]) == 0
+    assert main(["control", "--quick", "--steps", "3", "--out", str(again), "--no-progress"]) == 0
+    assert main(["control", "--quick", "--out", str(again), "--overwrite", "--no-progress"]) == 0
+    strip = [{k: v for k, v in r.items() if k != "wall_s"}
+             for r in json.loads((fresh / "results.json").read_text())]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_s"}
+                     for r in json.loads((again / "results.json").read_text())]
     report = tmp_path / "report"
     assert main(["control", "--report", str(out), "--out", str(report)]) == 0
     assert json.loads((report / "results.json").read_text()) == rows

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -391,6 +392,8 @@ def run(cfg: ControlConfig, folder: Any, *, device: str | torch.device = "cpu",
     """Every (model, distractor dims, seed) of ``cfg`` into the run folder ``folder``
     (a :class:`bjepa.runs.RunFolder`); resumes unfinished runs from their checkpoints."""
     cfg.validate()
+    if not getattr(folder, "resumed", False):  # a new run (--overwrite): no stale checkpoints
+        shutil.rmtree(folder.file("checkpoints"), ignore_errors=True)
     folder.write_json("config.json", asdict(cfg))
     rows: list[dict[str, Any]] = []
 
