@@ -1,6 +1,8 @@
 """Tests for the mutants a full `make mutate` run of bjepa/metrics.py and
 inference/checkpoint.py left alive (docs/testing.md lists them): each pins one behaviour."""
 
+import math
+
 import pytest
 import torch
 
@@ -258,3 +260,135 @@ def test_a_mixture_component_may_have_weight_zero_but_not_all_of_them():
         MixturePrior(locs, 0.5, weights=torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
         MixturePrior(locs, 0.5, weights=torch.ones(3, dtype=torch.float64))  # one too many
+
+
+# -- survivors of the full run of bjepa/diagnostics/calibration.py ----------------------------
+
+
+def _quantile_grid(locs, spreads, n=2000):
+    """N(0, 1) observations on an exact quantile grid and a diagonal Gaussian predictive."""
+    from torch.distributions import Independent, Normal
+
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    y = torch.special.ndtri(u)[:, None].expand(n, len(spreads))
+    loc = torch.tensor(locs, dtype=torch.float64).expand(n, len(locs))
+    sd = torch.tensor(spreads, dtype=torch.float64).expand(n, len(spreads))
+    return Independent(Normal(loc, sd), 1), y
+
+
+def test_calibration_options_are_keyword_only_and_inputs_may_be_named():
+    from torch.distributions import Independent, Normal
+
+    from bjepa.diagnostics.calibration import Forecast, as_forecast, calibrate, crps, pit
+
+    d, y = _quantile_grid([0.0, 0.0], [1.0, 1.0], n=50)
+    loc, scale = torch.zeros(1, 50, 2), torch.ones(1, 50, 2)
+    nonpar = Independent(Normal(torch.zeros(50, 2), 1.0), 1)
+    for call in (lambda: Forecast(loc, scale), lambda: Forecast.from_distribution(d, 10),
+                 lambda: Forecast.mixture([d], 10), lambda: as_forecast(d, 10),
+                 lambda: pit(d, y, 10), lambda: crps(d, y, 10),
+                 lambda: calibrate(d, y, (0.5, 0.9))):
+        with pytest.raises(TypeError, match="positional argument"):
+            call()
+    assert Forecast(loc=loc, scale=scale).kind == "gaussian"
+    torch.testing.assert_close(pit(predictive=d, observed=y), pit(d, y))
+    torch.testing.assert_close(crps(predictive=d, observed=y), crps(d, y))
+    assert as_forecast(predictive=nonpar).kind == "gaussian"
+    assert Forecast.from_distribution(d=d).kind == "gaussian"
+    assert Forecast.mixture(dists=[d, d]).kind == "gaussian mixture"
+    assert calibrate(predictive=d, observed=y).verdict == "calibrated"
+
+
+def test_a_hand_built_forecast_evaluates_its_density_in_the_dtype_of_its_parameters():
+    from bjepa.diagnostics.calibration import Forecast
+
+    seen = []
+
+    def log_prob(y):
+        seen.append(y.dtype)
+        return -y.pow(2).sum(-1)
+
+    fc = Forecast(loc=torch.zeros(1, 3, 2), scale=torch.ones(1, 3, 2), log_prob=log_prob)
+    out = fc.log_prob(torch.ones(3, 2, dtype=torch.float64))
+    assert seen == [torch.float32] and out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.full((3,), -2.0, dtype=torch.float64))
+    wide = Forecast(loc=torch.zeros(1, 3, 2), scale=torch.ones(1, 3, 2), log_prob=log_prob,
+                    dtype=torch.float64)
+    wide.log_prob(torch.ones(3, 2))
+    assert seen[-1] == torch.float64
+
+
+@pytest.mark.parametrize("make", ["forecast", "mixture"])
+def test_predictives_must_have_one_batch_and_one_event_dimension(make):
+    from torch.distributions import Independent, Normal
+
+    from bjepa.diagnostics.calibration import Forecast
+
+    build = Forecast.from_distribution if make == "forecast" else \
+        (lambda d: Forecast.mixture([d]))
+    for bad in (Normal(torch.zeros(5), 1.0),                       # no event dimension
+                Independent(Normal(torch.zeros(4, 5, 2), 1.0), 1)):  # two batch dimensions
+        with pytest.raises(ValueError, match=r"batch shape \(N,\) and event shape \(D,\)"):
+            build(bad)
+    with pytest.raises(TypeError, match="predictive must be a torch Distribution, got list"):
+        build([1.0, 2.0])
+
+
+def test_a_calibration_report_prints_and_serialises_without_the_raw_pit():
+    import json
+
+    from bjepa.diagnostics.calibration import calibrate
+
+    d, y = _quantile_grid([0.0, 0.0], [1.0, 1.0])
+    r = calibrate(d, y)
+    assert r.pit.shape == (2000, 2) and "pit=" not in repr(r)
+    out = r.to_dict()
+    fields = set(r.__dataclass_fields__) - {"pit"}
+    assert set(out) == fields | {"pit_histogram"}
+    assert out["verdict"] == "calibrated" and out["pit_histogram"]["bins"] == 20
+    assert sum(out["pit_histogram"]["counts"]) == 4000
+    json.dumps(out)
+
+
+@pytest.mark.parametrize(("levels", "shown"), [((0.5, 0.9, 0.95), 90), ((0.5, 0.8, 0.95), 95),
+                                               ((0.8,), 80)])
+def test_the_summary_sentence_states_the_level_coverage_and_scores(levels, shown):
+    """The summary reports the 90 % interval when it was checked, else the widest one."""
+    from bjepa.diagnostics.calibration import calibrate
+
+    d, y = _quantile_grid([0.0, 0.0], [1.0, 1.0])
+    r = calibrate(d, y, levels=levels)
+    assert r.summary() == (
+        f"calibrated: {100 * r.coverage_at(shown / 100):.1f} % of observed values inside the "
+        f"central {shown} % intervals (nominal {shown} %), PIT KS p = {r.ks_pvalue:.3g}, "
+        f"CRPS {r.crps:.4g}, NLL {r.nll:.4g} nats")
+    draws = calibrate(d.sample((400,)), y, levels=levels)
+    assert draws.nll is None and draws.summary().endswith(f"CRPS {draws.crps:.4g}")
+
+
+def test_bias_messages_give_one_mean_pit_or_the_range_over_dimensions():
+    from bjepa.diagnostics.calibration import calibrate
+
+    d, y = _quantile_grid([0.3, 0.0], [1.0, 1.0])
+    r = calibrate(d, y)
+    m = r.pit_mean_per_dim
+    assert r.reasons[0] == ("biased in dims [0]: the observed value lies below the predictive "
+                            f"median too often (mean PIT {m[0]:.2f}, ideal 0.50)")
+    d, y = _quantile_grid([0.3, 0.5], [1.0, 1.0])
+    r = calibrate(d, y)
+    m = r.pit_mean_per_dim
+    assert r.reasons[0] == (f"biased in dims [0, 1]: the observed value lies below the "
+                             f"predictive median too often (mean PIT {m[1]:.2f}–{m[0]:.2f}, "
+                             f"ideal 0.50)")
+
+
+def test_a_calibrated_verdict_states_the_allowance_in_points():
+    from bjepa.diagnostics.calibration import calibrate
+
+    d, y = _quantile_grid([0.0, 0.0], [1.0, 1.0])
+    r = calibrate(d, y, tolerance=0.05)
+    allowed = 100 * min(r.allowed_deviation)
+    assert allowed == pytest.approx(min(100 * (0.05 + 3 * math.sqrt(lv * (1 - lv) / 2000))
+                                        for lv in r.levels))
+    assert r.reasons == [f"coverage of observed values is within ±{allowed:.1f} points of "
+                         "nominal at every level and in every dimension"]
