@@ -106,7 +106,7 @@ MODULES: dict[str, list[str]] = {
     "models/bjepa.py": [*_GAPS_PRIOR, "tests/test_priors.py", *_BJEPA,
                         "tests/test_prior_io.py"],
     "bjepa/priors.py": ["tests/test_priors_exact.py", "tests/test_priors.py", *_GAPS_PRIOR,
-                        "tests/test_prior_io.py", *_BJEPA],
+                        "tests/test_prior_io.py", *_BJEPA, "tests/test_mutation_survivors.py"],
     "bjepa/metrics.py": [
         EXTRA, "tests/test_validation.py::test_probe_errors",
         *_ids("tests/test_restarts.py",
@@ -119,8 +119,9 @@ MODULES: dict[str, list[str]] = {
         "tests/test_mutation_survivors.py",
     ],
     "bjepa/diagnostics/calibration.py": ["tests/test_calibration_exact.py", *_GAPS_CAL,
-                                         *_DIAG_CAL],
-    "bjepa/diagnostics/collapse.py": ["tests/test_collapse_exact.py", *_DIAG_COLLAPSE],
+                                         *_DIAG_CAL, "tests/test_mutation_survivors.py"],
+    "bjepa/diagnostics/collapse.py": ["tests/test_collapse_exact.py", *_DIAG_COLLAPSE,
+                                      "tests/test_mutation_survivors.py"],
     "inference/checkpoint.py": [
         "tests/test_checkpoint_exact.py", *_GAPS_RNG,
         *_ids("tests/test_training.py", "test_checkpoint_round_trip",
