@@ -244,10 +244,13 @@ class Strategy:
     def build(self, model: Any, programs: tuple[Callable, Callable], loss_fn: ELBO, lr: float
               ) -> None:
         """Create the optimiser (and anything else a step needs)."""
-        from bjepa.inference.inductor import InductorELBO
+        from bjepa.inference.inductor import InductorELBO, InductorSVI
 
-        self.svi = FusedSVI(programs[0], programs[1], model.parameters(), loss_fn, lr=lr,
-                            fused=isinstance(loss_fn, InductorELBO))
+        if isinstance(loss_fn, InductorELBO):
+            self.svi: FusedSVI = InductorSVI(programs[0], programs[1], model.parameters(),
+                                             loss_fn, lr=lr)
+        else:
+            self.svi = FusedSVI(programs[0], programs[1], model.parameters(), loss_fn, lr=lr)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -185,17 +185,22 @@ class FusedSVI(SVI):
             first = (str(err).splitlines() or [""])[0]
             raise NonFiniteLossError(f"non-finite values in a distribution ({first})") from err
         if capture is not None:
-            for name, site in capture.trace.nodes.items():
-                if id(site["value"].unconstrained()) not in self._known:
-                    self.optim.zero_grad(set_to_none=True)
-                    raise RuntimeError(
-                        f"parameter {name!r} is used by the model or guide but is not one of the "
-                        "parameters given to FusedSVI (a global pyro.param, or a guide built "
-                        "lazily?); make it an attribute of the model so it is trained and "
-                        "checkpointed")
-            self._checked = True
+            self.check_params(capture.trace)
         loss = torch_item(loss)
         return self.apply_gradients(loss)
+
+    def check_params(self, trace: Any) -> None:
+        """Refuse a program that touches a parameter this SVI does not train (``trace``: a
+        ``poutine.trace(param_only=True)`` of one evaluation); later steps skip the check."""
+        for name, site in trace.nodes.items():
+            if id(site["value"].unconstrained()) not in self._known:
+                self.optim.zero_grad(set_to_none=True)
+                raise RuntimeError(
+                    f"parameter {name!r} is used by the model or guide but is not one of the "
+                    "parameters given to FusedSVI (a global pyro.param, or a guide built "
+                    "lazily?); make it an attribute of the model so it is trained and "
+                    "checkpointed")
+        self._checked = True
 
     def apply_gradients(self, loss: float) -> float:
         """:func:`apply_gradients` with this SVI's optimiser and parameters."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -58,3 +59,93 @@ def test_inductor_trains_a_vicreg_jepa():
     m = JEPA(6, 3)
     h = fit(m, x_c, x_t, steps=15, lr=1e-2, elbo="inductor", batch_size=32, progress=False)
     assert h.elbo == "inductor" and all(torch.isfinite(torch.tensor(h.loss)))
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(a.target_encoder.parameters(), b.target_encoder.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_inductor_step_updates_with_adam_in_the_graph_and_resumes_bit_for_bit(tmp_path):
+    """The whole step (gradients, NaN screen, Adam) is one graph; a run stopped inside the
+    encoder warm-up and resumed into a fresh model ends exactly where an uninterrupted run
+    ends, with the same Adam state (the state torch's Adam would hold)."""
+    from bjepa.inference.checkpoint import load_checkpoint
+
+    x_c, x_t = _data()
+    kw = dict(steps=30, lr=1e-2, elbo="inductor", warmup_steps=5, progress=False)
+    torch.manual_seed(0)
+    ref = VJEPA(6, 3)
+    h_ref = fit(ref, x_c, x_t, seed=1, checkpoint_dir=tmp_path / "ref", **kw)
+    torch.manual_seed(0)
+    first = VJEPA(6, 3)
+    h1 = fit(first, x_c, x_t, seed=1, checkpoint_dir=tmp_path / "run",
+             callback=lambda s, r: s == 2, **kw)
+    assert h1.stopped_early
+    torch.manual_seed(9)
+    second = VJEPA(6, 3)
+    h2 = fit(second, x_c, x_t, seed=4, checkpoint_dir=tmp_path / "run", resume=True, **kw)
+    assert h2.resumed_from == 3
+    _same(ref, second)
+    assert h2.loss == h_ref.loss
+    a = load_checkpoint(h_ref.last_checkpoint)["training"]["optimizer"]["state"]
+    b = load_checkpoint(h2.last_checkpoint)["training"]["optimizer"]["state"]
+    assert a.keys() == b.keys() and len(a) == len(list(ref.parameters()))
+    for i in a:
+        assert set(a[i]) == {"step", "exp_avg", "exp_avg_sq"}
+        for k in a[i]:
+            assert torch.equal(a[i][k], b[i][k])
+    # the encoder was frozen for 5 of 30 steps: Adam counted only the steps it moved
+    steps = sorted(float(s["step"]) for s in a.values())
+    assert steps[0] == 25.0 and steps[-1] == 30.0
+
+
+def test_inductor_step_with_a_non_finite_gradient_changes_nothing():
+    from pyro.infer import TraceMeanField_ELBO
+
+    from bjepa.inference import NonFiniteLossError
+    from bjepa.inference.inductor import InductorELBO, InductorSVI
+
+    x_c, x_t = _data(60)
+    torch.manual_seed(0)
+    m = VJEPA(6, 3, init="random")
+    svi = InductorSVI(m.model, m.guide, m.parameters(), InductorELBO(TraceMeanField_ELBO()),
+                      lr=1e-2)
+    svi.step(x_c, x_t)
+    before = [p.detach().clone() for p in m.parameters()]
+    state = {i: {k: v.clone() for k, v in s.items()}
+             for i, s in svi.optim.state_dict()["state"].items()}
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        svi.step(x_c * 1e30, x_t * 1e30)  # finite data whose squares overflow float32
+    for p, q in zip(before, m.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for i, s in svi.optim.state_dict()["state"].items():
+        for k, v in s.items():
+            assert torch.equal(v, state[i][k])
+    assert math.isfinite(svi.step(x_c, x_t))  # and the next good step trains again
+
+
+def test_compiled_graphs_are_shared_by_equal_programs_only():
+    """A second model of the same architecture reuses the first one's compiled graph (the
+    graph's code, constants and input shapes match); another β is another graph. Each
+    training still equals its eager training."""
+    from bjepa.inference import inductor
+
+    x_c, x_t = _data()
+    inductor._COMPILED.clear()
+    sizes = []
+    for seed, beta in [(1, 0.01), (2, 0.01), (3, 0.5)]:
+        runs = {}
+        for elbo in ("meanfield", "inductor"):
+            torch.manual_seed(seed)
+            m = VJEPA(6, 3, beta=beta)
+            fit(m, x_c, x_t, steps=12, lr=1e-2, seed=seed, elbo=elbo, warmup_steps=0,
+                progress=False)
+            runs[elbo] = m
+        for p, q in zip(runs["meanfield"].parameters(), runs["inductor"].parameters(),
+                        strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+        sizes.append(len(inductor._COMPILED))
+    assert sizes == [1, 1, 2]
