@@ -47,6 +47,7 @@ from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
 
 from bjepa.inference.jit import WrappedELBO
+from bjepa.inference.replicas import NoiseTape
 from bjepa.inference.svi import FusedSVI, NonFiniteLossError, is_nonfinite_validation_error
 
 __all__ = ["InductorELBO", "InductorSVI"]
@@ -77,6 +78,118 @@ def _pyro_traceable() -> Iterator[None]:
         yield
 
 
+def _linear_pieces(graph: torch.fx.Graph, src: torch.fx.Node, size: int
+                   ) -> Callable[[int], torch.fx.Node] | None:
+    """For ``src``, the output of a linear layer — ``mm(x, t(W)) [+ b]`` or a replica stack's
+    ``view(baddbmm(b, x, transpose(W, 1, 2)))`` / ``bmm`` — a function that emits piece ``i``
+    of its last dimension (``size`` wide) as a layer of its own; ``None`` for anything else."""
+    aten = torch.ops.aten
+
+    def call(target: Any, *args: Any) -> torch.fx.Node:
+        return graph.call_function(target, args)
+
+    def shape_of(n: Any) -> tuple[int, ...] | None:
+        val = getattr(n, "meta", {}).get("val")
+        return None if val is None else tuple(val.shape)
+
+    def is_op(n: Any, target: Any) -> bool:
+        return isinstance(n, torch.fx.Node) and n.op == "call_function" and n.target is target
+
+    if is_op(src, aten.view.default) and (is_op(src.args[0], aten.baddbmm.default)
+                                          or is_op(src.args[0], aten.bmm.default)):
+        out_shape = list(src.args[1])
+        mm = src.args[0]
+        bias, x, wt = mm.args if mm.target is aten.baddbmm.default else (None, *mm.args)
+        if mm.kwargs or not (is_op(wt, aten.transpose.int) and tuple(wt.args[1:]) == (1, 2)):
+            return None
+        weight = wt.args[0]
+        w_shape = shape_of(weight)
+        if w_shape is None or len(w_shape) != 3 or w_shape[1] % size or \
+                (bias is not None and shape_of(bias) != (w_shape[0], 1, w_shape[1])):
+            return None
+
+        def piece(i: int) -> torch.fx.Node:
+            lo, hi = i * size, (i + 1) * size
+            w_i = call(aten.transpose.int, call(aten.slice.Tensor, weight, 1, lo, hi), 1, 2)
+            y = call(aten.bmm.default, x, w_i) if bias is None else \
+                call(aten.baddbmm.default, call(aten.slice.Tensor, bias, 2, lo, hi), x, w_i)
+            return call(aten.view.default, y, [*out_shape[:-1], size])
+
+        return piece
+    bias = None
+    if is_op(src, aten.add.Tensor) and is_op(src.args[0], aten.mm.default):
+        mm, bias = src.args
+    elif is_op(src, aten.mm.default):
+        mm = src
+    else:
+        return None
+    x, wt = mm.args
+    if not is_op(wt, aten.t.default):
+        return None
+    weight = wt.args[0]
+    w_shape = shape_of(weight)
+    if w_shape is None or len(w_shape) != 2 or w_shape[0] % size or \
+            (bias is not None and shape_of(bias) != (w_shape[0],)):
+        return None
+
+    def piece2(i: int) -> torch.fx.Node:
+        lo, hi = i * size, (i + 1) * size
+        out = call(aten.mm.default, x, call(aten.t.default,
+                                            call(aten.slice.Tensor, weight, 0, lo, hi)))
+        return out if bias is None else \
+            call(aten.add.Tensor, out, call(aten.slice.Tensor, bias, 0, lo, hi))
+
+    return piece2
+
+
+def _flatten_total_sums(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite ``sum(c * sum(Y, -1))`` — an ELBO term: a log-density summed over the event
+    dimension, scaled, then over rows — as ``c * sum(Y)``. Inductor runs the nested form as a
+    scalar loop over rows with the event dimension unrolled (a libm ``log`` per element);
+    one total sum over a contiguous ``Y`` becomes one vectorised loop. Same sum, another
+    order: results agree to float rounding."""
+    aten = torch.ops.aten
+    graph = gm.graph
+
+    def shape_of(n: Any) -> tuple[int, ...] | None:
+        val = getattr(n, "meta", {}).get("val")
+        return None if val is None else tuple(val.shape)
+
+    for node in list(graph.nodes):
+        if not (node.op == "call_function" and node.target is aten.sum.default
+                and len(node.args) == 1 and not node.kwargs):
+            continue
+        cur, scales = node.args[0], []
+        while isinstance(cur, torch.fx.Node) and cur.op == "call_function" \
+                and len(cur.users) == 1:
+            if cur.target is aten.expand.default and \
+                    shape_of(cur) == shape_of(cur.args[0]) is not None:
+                cur = cur.args[0]
+            elif cur.target is aten.mul.Tensor and isinstance(cur.args[1], int | float) \
+                    and not isinstance(cur.args[1], bool):
+                scales.append(cur.args[1])
+                cur = cur.args[0]
+            else:
+                break
+        if not (isinstance(cur, torch.fx.Node) and cur.op == "call_function"
+                and cur.target is aten.sum.dim_IntList and len(cur.users) == 1
+                and not cur.kwargs and len(cur.args) == 2):
+            continue
+        y, dims = cur.args
+        ndim = len(shape_of(y) or ())
+        if ndim == 0 or [d % ndim for d in dims] != [ndim - 1]:
+            continue
+        with graph.inserting_before(node):
+            new = graph.call_function(aten.sum.default, (y,))
+            for c in scales:
+                new = graph.call_function(aten.mul.Tensor, (new, c))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
 def _split_linear_layers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Rewrite the recorded graph so that TorchInductor's loops vectorise better: a layer whose
     output is split along its last dimension (a head's location and scale)
@@ -103,39 +216,16 @@ def _split_linear_layers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             continue
         src, size = node.args[0], node.args[1]
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if dim not in (-1, 1) or not isinstance(size, int):
+        if dim != -1 or not isinstance(size, int):
             continue
-        bias = None
-        if src.op == "call_function" and src.target is aten.add.Tensor \
-                and src.args[0].op == "call_function" and src.args[0].target is aten.mm.default:
-            mm, bias = src.args
-        elif src.op == "call_function" and src.target is aten.mm.default:
-            mm = src
-        else:
-            continue
-        x, wt = mm.args
-        if not (wt.op == "call_function" and wt.target is aten.t.default):
-            continue
-        weight = wt.args[0]
-        shape = getattr(weight.meta.get("val"), "shape", None)
-        if shape is None or len(shape) != 2 or shape[0] % size:
-            continue
-        if bias is not None and getattr(getattr(bias, "meta", {}).get("val"), "shape",
-                                        None) != (shape[0],):
-            continue
-        users = [u for u in node.users if u.op == "call_function"
-                 and u.target is operator.getitem]
-        if len(users) != len(node.users):
+        pieces = _linear_pieces(graph, src, size)
+        users = list(node.users)
+        if pieces is None or not all(u.op == "call_function" and u.target is operator.getitem
+                                     for u in users):
             continue
         for u in users:
-            lo = u.args[1] * size
             with graph.inserting_before(u):
-                w_i = graph.call_function(aten.slice.Tensor, (weight, 0, lo, lo + size))
-                out = graph.call_function(aten.mm.default,
-                                          (x, graph.call_function(aten.t.default, (w_i,))))
-                if bias is not None:
-                    b_i = graph.call_function(aten.slice.Tensor, (bias, 0, lo, lo + size))
-                    out = graph.call_function(aten.add.Tensor, (out, b_i))
+                out = pieces(u.args[1])
             u.replace_all_uses_with(out)
             graph.erase_node(u)
         graph.erase_node(node)
@@ -176,7 +266,7 @@ class InductorELBO(WrappedELBO):
 
     def __init__(self, base: ELBO, *, strict: bool = True) -> None:
         super().__init__(base, strict=strict)
-        self._graphs: dict[tuple, tuple[Callable, list[bool]]] = {}
+        self._graphs: dict[tuple, tuple[Callable, list[bool], NoiseTape]] = {}
         self._lr: tuple[float, torch.Tensor] | None = None
         self._owners: dict[int, tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]] = {}
 
@@ -198,9 +288,10 @@ class InductorELBO(WrappedELBO):
 
     def _trace(self, owner: torch.nn.Module, model: Callable, guide: Callable,
                args: tuple[Any, ...], kwargs: dict[str, Any]
-               ) -> tuple[torch.fx.GraphModule, list[bool], list[torch.Tensor]]:
-        """The FX graph ``(data, parameters, EMA weights) -> (loss, *gradients)``, which
-        parameters get a gradient, and the example inputs (detached)."""
+               ) -> tuple[torch.fx.GraphModule, list[bool], list[torch.Tensor], NoiseTape]:
+        """The FX graph ``(data, parameters, EMA weights, noise) -> (loss, *gradients)``, which
+        parameters get a gradient, the example inputs (detached) and the tape of the noise
+        the program draws from its own generators (usually none)."""
         with warnings.catch_warnings():  # torch's own deprecations, raised on first import
             warnings.simplefilter("ignore")
             from torch.fx.experimental.proxy_tensor import make_fx
@@ -209,15 +300,29 @@ class InductorELBO(WrappedELBO):
         names, params, target, target_names = self._state(owner)
         tensor_pos = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         n_data, n_par = len(tensor_pos), len(params)
+        n_target = 0 if target is None else len(target_names)
         used: list[bool] = []
+        devices = sorted({a.device for a in args if isinstance(a, torch.Tensor)
+                          and a.device.type == "cuda"}, key=str)
+        # what the program draws from generators of its own (a replica stack's per-replica
+        # noise): learned on one eager evaluation, then fed to the graph as inputs
+        tape = NoiseTape()
+        with tape.recording(), torch.no_grad(), torch.random.fork_rng(devices=devices), \
+                _pyro_traceable(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.base.differentiable_loss(model, guide, *args, **kwargs)
 
         def step(*flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            data, ps, ts = flat[:n_data], flat[n_data:n_data + n_par], flat[n_data + n_par:]
+            data, ps = flat[:n_data], flat[n_data:n_data + n_par]
+            ts = flat[n_data + n_par:n_data + n_par + n_target]
+            noise = flat[n_data + n_par + n_target:]
             full = list(args)
             for i, t in zip(tensor_pos, data, strict=True):
                 full[i] = t
             stack = contextlib.ExitStack()
             with stack:
+                if tape.specs:
+                    stack.enter_context(tape.replaying(noise))
                 stack.enter_context(_reparametrize_module(owner, dict(zip(names, ps,
                                                                           strict=True))))
                 if target is not None:
@@ -234,13 +339,13 @@ class InductorELBO(WrappedELBO):
 
         inputs = [args[i] for i in tensor_pos] + \
             [p.detach().requires_grad_(p.requires_grad) for p in params] + \
-            ([] if target is None else [p.detach() for p in target.parameters()])
-        devices = sorted({a.device for a in inputs if a.device.type == "cuda"}, key=str)
+            ([] if target is None else [p.detach() for p in target.parameters()]) + \
+            tape.examples()
         with torch.random.fork_rng(devices=devices), _pyro_traceable(), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _split_linear_layers(make_fx(step)(*inputs))
-        return graph, list(used), [t.detach() for t in inputs]
+            graph = _flatten_total_sums(_split_linear_layers(make_fx(step)(*inputs)))
+        return graph, list(used), [t.detach() for t in inputs], tape
 
     @staticmethod
     def _compile(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Callable:
@@ -266,20 +371,22 @@ class InductorELBO(WrappedELBO):
         return compiled
 
     def _build(self, owner: torch.nn.Module, model: Callable, guide: Callable,
-               args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Callable, list[bool]]:
-        graph, used, inputs = self._trace(owner, model, guide, args, kwargs)
-        return self._compile(graph, inputs), used
+               args: tuple[Any, ...], kwargs: dict[str, Any]
+               ) -> tuple[Callable, list[bool], NoiseTape]:
+        graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
+        return self._compile(graph, inputs), used, tape
 
     def _build_update(self, owner: torch.nn.Module, model: Callable, guide: Callable,
                       args: tuple[Any, ...], kwargs: dict[str, Any],
-                      optim: torch.optim.Optimizer) -> tuple[Callable, list[bool]]:
+                      optim: torch.optim.Optimizer
+                      ) -> tuple[Callable, list[bool], NoiseTape]:
         """One graph for a whole optimiser step: the loss and gradients (:meth:`_trace`), the
         screen for non-finite values, and Adam's update of every parameter that has a
         gradient. It returns the new values; the caller writes them only when everything was
         finite, so a bad step changes nothing."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        graph, used, inputs = self._trace(owner, model, guide, args, kwargs)
+        graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
         group = optim.param_groups[0]
         beta1, beta2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
@@ -319,7 +426,7 @@ class InductorELBO(WrappedELBO):
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing runs the ops: keep the draws off the RNG
             full = make_fx(update)(*inputs, *extra)
-        return self._compile(full, [*inputs, *extra]), used
+        return self._compile(full, [*inputs, *extra]), used, tape
 
     @staticmethod
     def _adam_state(optim: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -358,8 +465,8 @@ class InductorELBO(WrappedELBO):
             self._owners[id(owner)] = found
         return found[1], found[2]
 
-    def _get(self, key: tuple, build: Callable[[], tuple[Callable, list[bool]]]
-             ) -> tuple[Callable, list[bool]] | None:
+    def _get(self, key: tuple, build: Callable[[], tuple[Callable, list[bool], NoiseTape]]
+             ) -> tuple[Callable, list[bool], NoiseTape] | None:
         """The compiled graph under ``key`` (built on first use); ``None`` when compiling
         failed and ``strict`` is off (the caller then trains eagerly)."""
         if key not in self._graphs:
@@ -404,7 +511,7 @@ class InductorELBO(WrappedELBO):
                                                           optim))
         if built is None:
             return None
-        compiled, used = built
+        compiled, used, tape = built
         moved = [p for p, u in zip(params, used, strict=True) if u]
         for p in moved:  # Adam's state, created as torch creates it on a first step
             if not optim.state[p]:
@@ -414,7 +521,7 @@ class InductorELBO(WrappedELBO):
             [s["step"] for s in state]
         if self._lr is None or self._lr[0] != group["lr"]:
             self._lr = (group["lr"], torch.tensor(float(group["lr"]), dtype=torch.float64))
-        out = compiled(*self._inputs(owner, args), *extra, self._lr[1])
+        out = compiled(*self._inputs(owner, args), *tape.draw_all(), *extra, self._lr[1])
         finite = bool(out[1])
         if finite:
             with torch.no_grad():
@@ -430,9 +537,9 @@ class InductorELBO(WrappedELBO):
                           lambda: self._build(owner, model, guide, args, kwargs))
         if built is None:
             return self.base.loss_and_grads(model, guide, *args, **kwargs)
-        compiled, used = built
+        compiled, used, tape = built
         params, _ = self._params(owner)
-        out = compiled(*self._inputs(owner, args))
+        out = compiled(*self._inputs(owner, args), *tape.draw_all())
         loss, grads = out[0], iter(out[1:])
         for p, has in zip(params, used, strict=True):
             if has:
@@ -460,8 +567,11 @@ class InductorSVI(FusedSVI):
         if not self._checked:  # what FusedSVI's first step checks, on an eager evaluation
             devices = sorted({a.device for a in args if isinstance(a, torch.Tensor)
                               and a.device.type == "cuda"}, key=str)
+            # (noise a replica stack would draw from its own generators is not drawn: zeros
+            # stand in, so the check moves no random stream)
             with poutine.trace(param_only=True) as capture, torch.no_grad(), \
-                    torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+                    torch.random.fork_rng(devices=devices), NoiseTape().recording(), \
+                    warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN",
                                         category=UserWarning)
                 try:

@@ -23,9 +23,10 @@ the one training loop and copies the values back (:func:`unstack_into`).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ from bjepa.inference.engine import Batches, FitSettings, Trainer
 from bjepa.inference.svi import make_elbo, resolve_elbo, set_seed
 from bjepa.models.base import TrainingHints, WorldModel, per_row_loss
 
-__all__ = ["ReplicaLinear", "ReplicaNoise", "ReplicaStack", "auto_chunk", "fit_replicas",
-           "per_replica_rsample", "unstack_into"]
+__all__ = ["NoiseTape", "ReplicaLinear", "ReplicaNoise", "ReplicaStack", "auto_chunk",
+           "draw_replica_noise", "fit_replicas", "per_replica_rsample", "unstack_into"]
 
 #: default memory budget for one chunk's data and activations (bytes)
 CHUNK_BYTES = 1 << 30
@@ -169,6 +170,69 @@ class ReplicaNoise(Messenger):
             msg["value"] = value
 
 
+def draw_replica_noise(shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+                       generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Standard normals ``(R, *shape)``, replica ``r``'s from ``generators[r]``."""
+    return torch.stack([torch.empty(tuple(shape), dtype=dtype, device=device)
+                        .normal_(generator=g) for g in generators])
+
+
+class NoiseTape:
+    """Per-replica guide noise drawn *outside* a compiled program and fed to it as inputs
+    (``elbo="inductor"`` on a replica stack with its own generators: a compiled graph cannot
+    hold ``torch.Generator`` objects). :meth:`recording` runs the program once to learn what it
+    draws (zeros stand in, no generator moves); :meth:`replaying` hands the program given
+    tensors in that order; :meth:`draw_all` draws them as the eager program would, in the same
+    order from the same generators, so compiled and eager training see the same numbers."""
+
+    def __init__(self) -> None:
+        self.specs: list[tuple[tuple[int, ...], torch.dtype, torch.device,
+                               list[torch.Generator]]] = []
+        self._values: list[torch.Tensor] | None = None
+
+    def draw(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+             generators: Sequence[torch.Generator]) -> torch.Tensor:
+        if self._values is None:
+            self.specs.append((tuple(shape), dtype, device, list(generators)))
+            return torch.zeros((len(generators), *shape), dtype=dtype, device=device)
+        if not self._values:
+            raise RuntimeError("the program drew more replica noise than when it was recorded")
+        return self._values.pop(0)
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[NoiseTape]:
+        self.specs, self._values = [], None
+        token = _NOISE_TAPE.set(self)
+        try:
+            yield self
+        finally:
+            _NOISE_TAPE.reset(token)
+
+    @contextlib.contextmanager
+    def replaying(self, values: Sequence[torch.Tensor]) -> Iterator[NoiseTape]:
+        self._values = list(values)
+        token = _NOISE_TAPE.set(self)
+        try:
+            yield self
+        finally:
+            _NOISE_TAPE.reset(token)
+            self._values = None
+
+    def draw_all(self) -> list[torch.Tensor]:
+        """This step's noise, one tensor per recorded draw."""
+        return [draw_replica_noise(shape, dtype, device, gens)
+                for shape, dtype, device, gens in self.specs]
+
+    def examples(self) -> list[torch.Tensor]:
+        """Tensors of the recorded shapes (for tracing), drawing nothing."""
+        return [torch.zeros((len(gens), *shape), dtype=dtype, device=device)
+                for shape, dtype, device, gens in self.specs]
+
+
+_NOISE_TAPE: contextvars.ContextVar[NoiseTape | None] = contextvars.ContextVar(
+    "bjepa_replica_noise_tape", default=None)
+
+
 def per_replica_rsample(fn: Any, generators: Sequence[torch.Generator]
                         ) -> torch.Tensor | None:
     """A reparameterised draw from ``fn`` (leading batch dim = replicas) with replica ``r``'s
@@ -183,8 +247,9 @@ def per_replica_rsample(fn: Any, generators: Sequence[torch.Generator]
     if not shape or shape[0] != len(generators):
         return None
     dtype, device = base.loc.dtype, base.loc.device
-    eps = torch.stack([torch.empty(shape[1:], dtype=dtype, device=device).normal_(generator=g)
-                       for g in generators])
+    tape = _NOISE_TAPE.get()
+    eps = draw_replica_noise(shape[1:], dtype, device, generators) if tape is None else \
+        tape.draw(shape[1:], dtype, device, generators)
     if isinstance(base, Normal):
         return base.loc.expand(shape) + eps * base.scale.expand(shape)
     return base.loc.expand(shape) + _batch_mv(base._unbroadcasted_scale_tril, eps)
@@ -250,11 +315,13 @@ class ReplicaStack(PyroModule):
         return self.inner.after_step(step, total_steps)
 
     def training_hints(self) -> TrainingHints:
-        """Two plates deep (replicas × data). With ``batches="own"`` trained eagerly (the
-        per-replica noise generators cannot be traced); with ``"shared"`` compiled like the
-        member would be."""
+        """Two plates deep (replicas × data). With ``batches="own"`` ``elbo="auto"`` trains
+        eagerly (TorchScript cannot trace the per-replica noise generators) and
+        ``elbo="inductor"`` compiles the step with the noise drawn outside (:class:`NoiseTape`);
+        with ``"shared"`` compiled like the member would be."""
         return TrainingHints(min_batch_size=self.member_hints.min_batch_size,
                              jit_safe=self.batches == "shared" and self.member_hints.jit_safe,
+                             inductor_safe=self.member_hints.jit_safe,
                              max_plate_nesting=2, replicas=self.num_replicas)
 
     def prepare(self, context: torch.Tensor, target: torch.Tensor | None) -> bool:

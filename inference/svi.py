@@ -106,10 +106,12 @@ def resolve_elbo(elbo: str, model: Any, steps: int) -> str:
     for a model that declares itself untraceable (``training_hints().jit_safe`` false: the VAE,
     replica stacks, BJEPA with a weight prior) is refused."""
     check_choice("elbo", elbo, ELBO_CHOICES)
-    jit_safe = model.training_hints().jit_safe
+    hints = model.training_hints()
+    jit_safe = hints.jit_safe
     if elbo == "auto":
         return "jit-meanfield" if jit_safe and steps >= JIT_MIN_STEPS else "meanfield"
-    if (elbo.startswith("jit-") or elbo in COMPILED_ELBOS) and not jit_safe:
+    if (elbo.startswith("jit-") and not jit_safe) or \
+            (elbo in COMPILED_ELBOS and not hints.compilable_by_inductor):
         raise ValueError(f"elbo={elbo!r}: {type(model).__name__} cannot be compiled (its "
                          "program is not static); use elbo='auto', 'meanfield' or 'trace'")
     return elbo

@@ -65,6 +65,9 @@ class TrainingHints:
         divided by rows × replicas).
     :param stackable: whether several models of this class can train as one replica stack
         (sequence models that read their data as one time series cannot).
+    :param inductor_safe: whether ``elbo="inductor"`` may compile the program (``None``: as
+        ``jit_safe``; a replica stack with per-replica noise generators is inductor-safe but
+        not jit-safe).
     """
 
     min_batch_size: int = 1
@@ -72,6 +75,11 @@ class TrainingHints:
     max_plate_nesting: int = 1
     replicas: int = 1
     stackable: bool = True
+    inductor_safe: bool | None = None
+
+    @property
+    def compilable_by_inductor(self) -> bool:
+        return self.jit_safe if self.inductor_safe is None else self.inductor_safe
 
 
 def per_row_loss(loss_fn: ELBO, model: Any, context: torch.Tensor,
