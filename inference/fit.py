@@ -316,7 +316,8 @@ def fit(
               for k, v in (model_kwargs or {}).items()}
     if seed is not None:
         set_seed(seed)
-    requested, elbo = elbo, resolve_elbo(elbo, model, steps)
+    requested, elbo = elbo, resolve_elbo(elbo, model, steps,
+                                         rows_per_step=None if loader else (batch_size or rows))
     if loader and elbo.startswith("jit-") and requested == "auto":
         elbo = elbo.removeprefix("jit-")  # streamed batches may change size: stay eager
     steering = [type(cb).__name__ for cb in callbacks if cb.needs_eager_elbo]
@@ -325,7 +326,7 @@ def fit(
             raise ValueError(f"elbo={requested!r}: {', '.join(steering)} change(s) the model "
                              "during training, which a compiled ELBO would not see; use "
                              "elbo='auto' or 'meanfield'")
-        elbo = elbo.removeprefix("jit-")
+        elbo = "meanfield" if elbo == "inductor" else elbo.removeprefix("jit-")
     if loader and elbo == "inductor":
         raise ValueError("elbo='inductor' compiles one graph per batch shape; stream with "
                          "elbo='auto' or 'meanfield'")

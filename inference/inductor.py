@@ -1,5 +1,5 @@
 """An ELBO whose loss *and gradients* run as one graph compiled by TorchInductor (``elbo=
-"inductor"``, opt-in).
+"inductor"``; what ``elbo="auto"`` picks for large runs on the CPU).
 
 Pyro's programs cannot go through ``torch.compile`` (its effect handlers break the graph into
 hundreds of pieces and recompile on every loss value), and TorchScript, which
@@ -23,8 +23,11 @@ eager run draws and agrees with it to float rounding (tested). A graph is compil
 shapes, warm-up flag); compiling takes seconds (tens of seconds on a busy 2-core machine), so it
 pays off on long runs — ``benchmarks/bench_reference.py`` measures it. It needs a C++ compiler
 (Inductor's CPU backend); without one, or for a program that cannot be traced, it falls back to
-the eager ELBO with a logged warning. Models that declare themselves untraceable (the VAE,
-replica stacks, BJEPA with a weight prior) are refused, as for ``"jit-*"``.
+the eager ELBO with a logged warning (``elbo="auto"``) or raises (``elbo="inductor"``). Models
+that declare themselves untraceable (``training_hints().compilable_by_inductor`` false: BJEPA
+with a weight prior, the RSSM) are refused. The VAE, whose constrained parameter TorchScript
+cannot follow, compiles here; so do replica stacks, whose per-replica noise is drawn outside
+the graph (:class:`~bjepa.inference.replicas.NoiseTape`).
 """
 
 from __future__ import annotations
@@ -266,7 +269,7 @@ class InductorELBO(WrappedELBO):
 
     def __init__(self, base: ELBO, *, strict: bool = True) -> None:
         super().__init__(base, strict=strict)
-        self._graphs: dict[tuple, tuple[Callable, list[bool], NoiseTape]] = {}
+        self._graphs: dict[tuple, tuple[Any, ...]] = {}
         self._lr: tuple[float, torch.Tensor] | None = None
         self._owners: dict[int, tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]] = {}
 
@@ -379,14 +382,30 @@ class InductorELBO(WrappedELBO):
     def _build_update(self, owner: torch.nn.Module, model: Callable, guide: Callable,
                       args: tuple[Any, ...], kwargs: dict[str, Any],
                       optim: torch.optim.Optimizer
-                      ) -> tuple[Callable, list[bool], NoiseTape]:
+                      ) -> tuple[Callable, list[bool], NoiseTape, dict[bool, torch.Tensor]]:
         """One graph for a whole optimiser step: the loss and gradients (:meth:`_trace`), the
         screen for non-finite values, and Adam's update of every parameter that has a
         gradient. It returns the new values; the caller writes them only when everything was
         finite, so a bad step changes nothing."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
+        # one graph serves the encoder warm-up too: it is traced with the encoder training,
+        # and a mask input keeps the parameters that get no gradient while the encoder is
+        # frozen (found by tracing that variant, not compiling it) where they are
+        flag = bool(getattr(owner, "freeze_encoder", False))
+        try:
+            if hasattr(owner, "freeze_encoder"):
+                owner.freeze_encoder = True
+                learns_frozen = self._trace(owner, model, guide, args, kwargs)[1]
+                owner.freeze_encoder = False
+            graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
+        finally:
+            if hasattr(owner, "freeze_encoder"):
+                owner.freeze_encoder = flag
+        if not hasattr(owner, "freeze_encoder"):
+            learns_frozen = used
+        if any(f and not u for f, u in zip(learns_frozen, used, strict=True)):
+            raise RuntimeError("a parameter learns only while the encoder is frozen")
         group = optim.param_groups[0]
         beta1, beta2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
@@ -399,34 +418,40 @@ class InductorELBO(WrappedELBO):
             loss, grads = out[0], out[1:]
             m, v, steps = flat[n_in:n_in + k], flat[n_in + k:n_in + 2 * k], \
                 flat[n_in + 2 * k:n_in + 3 * k]
-            lr = flat[-1]
+            lr, active = flat[-2], flat[-1]
             ok = torch.isfinite(loss)
-            for g in grads:
-                ok = ok & torch.isfinite(g).all()
+            for j, g in enumerate(grads):  # a parameter that does not move is not screened
+                ok = ok & (torch.isfinite(g).all() | ~active[j])
             new_p, new_m, new_v, new_s = [], [], [], []
             for j, g in enumerate(grads):  # torch.optim.Adam's arithmetic, bias-corrected
-                p = flat[params_at[j]]
+                p, a = flat[params_at[j]], active[j]
                 step = steps[j] + 1
                 m1 = m[j].lerp(g, 1 - beta1)
                 v1 = v[j] * beta2 + (1 - beta2) * g * g
                 t = step.double()
                 step_size = lr / (1 - torch.pow(beta1, t))
                 root_bc2 = torch.sqrt(1 - torch.pow(beta2, t))
-                new_p.append(p - (step_size * m1 / (v1.sqrt() / root_bc2 + eps)).to(p.dtype))
-                new_m.append(m1)
-                new_v.append(v1)
-                new_s.append(step)
+                p1 = p - (step_size * m1 / (v1.sqrt() / root_bc2 + eps)).to(p.dtype)
+                new_p.append(torch.where(a, p1, p))  # a frozen parameter keeps its value and
+                new_m.append(torch.where(a, m1, m[j]))  # its state, as Adam skips a
+                new_v.append(torch.where(a, v1, v[j]))  # parameter without a gradient
+                new_s.append(torch.where(a, step, steps[j]))
             return (loss, ok, *new_p, *new_m, *new_v, *new_s)
 
         state = [self._adam_state(optim, inputs[i]) for i in params_at]
+        device = inputs[n_data].device if len(inputs) > n_data else torch.device("cpu")
+        masks = {frozen: torch.tensor([f if frozen else True for f, u
+                                       in zip(learns_frozen, used, strict=True) if u],
+                                      dtype=torch.bool, device=device)
+                 for frozen in (False, True)}
         extra = [s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state] + \
             [s["step"] for s in state] + [torch.tensor(float(group["lr"]),
-                                                       dtype=torch.float64)]
+                                                       dtype=torch.float64), masks[False]]
         devices = sorted({a.device for a in inputs if a.device.type == "cuda"}, key=str)
         with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing runs the ops: keep the draws off the RNG
             full = make_fx(update)(*inputs, *extra)
-        return self._compile(full, [*inputs, *extra]), used, tape
+        return self._compile(full, [*inputs, *extra]), used, tape, masks
 
     @staticmethod
     def _adam_state(optim: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -436,9 +461,11 @@ class InductorELBO(WrappedELBO):
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def _key(self, owner: torch.nn.Module, model: Callable, guide: Callable,
-             args: tuple[Any, ...], kwargs: dict[str, Any], *extra: Any) -> tuple:
-        """What selects a graph: the programs, the warm-up flag, the arguments' shapes, dtypes
-        and devices (other arguments by value), and which parameters train."""
+             args: tuple[Any, ...], kwargs: dict[str, Any], *extra: Any,
+             frozen: bool | None = True) -> tuple:
+        """What selects a graph: the programs, the warm-up flag (``frozen=None``: a graph for
+        both phases), the arguments' shapes, dtypes and devices (other arguments by value),
+        and which parameters train."""
         def sig(a: Any) -> Any:
             if isinstance(a, torch.Tensor):
                 return (tuple(a.shape), a.dtype, a.device)
@@ -449,8 +476,9 @@ class InductorELBO(WrappedELBO):
             return (type(a), a)
 
         params, _ = self._params(owner)
-        return (id(owner), id(model.__func__), id(guide.__func__),
-                bool(getattr(owner, "freeze_encoder", False)), tuple(sig(a) for a in args),
+        phase = None if frozen is None else bool(getattr(owner, "freeze_encoder", False))
+        return (id(owner), id(model.__func__), id(guide.__func__), phase,
+                tuple(sig(a) for a in args),
                 tuple(sorted((k, sig(v)) for k, v in kwargs.items())),
                 tuple(p.requires_grad for p in params), *extra)
 
@@ -465,8 +493,7 @@ class InductorELBO(WrappedELBO):
             self._owners[id(owner)] = found
         return found[1], found[2]
 
-    def _get(self, key: tuple, build: Callable[[], tuple[Callable, list[bool], NoiseTape]]
-             ) -> tuple[Callable, list[bool], NoiseTape] | None:
+    def _get(self, key: tuple, build: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...] | None:
         """The compiled graph under ``key`` (built on first use); ``None`` when compiling
         failed and ``strict`` is off (the caller then trains eagerly)."""
         if key not in self._graphs:
@@ -506,12 +533,13 @@ class InductorELBO(WrappedELBO):
         if [id(p) for p in group["params"]] != [id(p) for p in params]:
             return None
         key = self._key(owner, model, guide, args, kwargs, "adam", tuple(group["betas"]),
-                        group["eps"])
+                        group["eps"], frozen=None)
         built = self._get(key, lambda: self._build_update(owner, model, guide, args, kwargs,
                                                           optim))
         if built is None:
             return None
-        compiled, used, tape = built
+        compiled, used, tape, masks = built
+        active = masks[bool(getattr(owner, "freeze_encoder", False))]
         moved = [p for p, u in zip(params, used, strict=True) if u]
         for p in moved:  # Adam's state, created as torch creates it on a first step
             if not optim.state[p]:
@@ -521,7 +549,8 @@ class InductorELBO(WrappedELBO):
             [s["step"] for s in state]
         if self._lr is None or self._lr[0] != group["lr"]:
             self._lr = (group["lr"], torch.tensor(float(group["lr"]), dtype=torch.float64))
-        out = compiled(*self._inputs(owner, args), *tape.draw_all(), *extra, self._lr[1])
+        out = compiled(*self._inputs(owner, args), *tape.draw_all(), *extra, self._lr[1],
+                       active)
         finite = bool(out[1])
         if finite:
             with torch.no_grad():

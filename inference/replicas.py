@@ -172,9 +172,12 @@ class ReplicaNoise(Messenger):
 
 def draw_replica_noise(shape: Sequence[int], dtype: torch.dtype, device: torch.device,
                        generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Standard normals ``(R, *shape)``, replica ``r``'s from ``generators[r]``."""
-    return torch.stack([torch.empty(tuple(shape), dtype=dtype, device=device)
-                        .normal_(generator=g) for g in generators])
+    """Standard normals ``(R, *shape)``, replica ``r``'s from ``generators[r]`` (each slice
+    filled in place: the numbers a fresh ``torch.empty(shape).normal_(generator=g)`` holds)."""
+    out = torch.empty((len(generators), *shape), dtype=dtype, device=device)
+    for r, g in enumerate(generators):
+        out[r].normal_(generator=g)
+    return out
 
 
 class NoiseTape:
@@ -321,7 +324,7 @@ class ReplicaStack(PyroModule):
         with ``"shared"`` compiled like the member would be."""
         return TrainingHints(min_batch_size=self.member_hints.min_batch_size,
                              jit_safe=self.batches == "shared" and self.member_hints.jit_safe,
-                             inductor_safe=self.member_hints.jit_safe,
+                             inductor_safe=self.member_hints.compilable_by_inductor,
                              max_plate_nesting=2, replicas=self.num_replicas)
 
     def prepare(self, context: torch.Tensor, target: torch.Tensor | None) -> bool:
@@ -534,7 +537,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
                                  replica_batches)
             if chunk_seeds[0] is not None:
                 set_seed(chunk_seeds[0])
-            name = resolve_elbo(elbo, stack, steps)
+            name = resolve_elbo(elbo, stack, steps, rows_per_step=batch_size or n)
             settings = FitSettings(steps=steps, lr=lr, batch_size=batch_size,
                                    seed=chunk_seeds[0], elbo=name,
                                    num_particles=num_particles, warmup_steps=warmup,

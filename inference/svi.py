@@ -36,6 +36,8 @@ __all__ = [
     "ELBOS",
     "COMPILED_ELBOS",
     "ELBO_CHOICES",
+    "INDUCTOR_MIN_WORK",
+    "INDUCTOR_MIN_WORK_NO_JIT",
     "JIT_MIN_STEPS",
     "FusedSVI",
     "HookedSVI",
@@ -60,9 +62,17 @@ ELBOS: dict[str, type] = {
 #: at least this many steps (compiling costs about as much as this many eager steps), else
 #: ``"meanfield"``. Both give the same numbers to float rounding (see :mod:`.jit`).
 JIT_MIN_STEPS = 200
-#: ``elbo="inductor"``: the mean-field ELBO's loss and gradients compiled by TorchInductor into
-#: one fused graph (opt-in; :mod:`bjepa.inference.inductor`)
+#: ``elbo="inductor"``: the whole step (the mean-field ELBO's loss and gradients, the NaN
+#: screen, Adam) compiled by TorchInductor into one graph (:mod:`bjepa.inference.inductor`)
 COMPILED_ELBOS = ("inductor",)
+#: ``elbo="auto"`` compiles with TorchInductor from this much work (rows per step × steps ×
+#: replicas): compiling takes ~3-6 s on a 2-core CPU, and a step then costs 0.4-0.8× a
+#: TorchScript step (benchmarks/README.md). Measured crossover for a linear VJEPA: the paper
+#: protocol (6000 steps × 5999 rows) gains 2.4×, the batched Noisy TV table (90 replicas ×
+#: 1000 steps × 256 rows = 23 M) loses.
+INDUCTOR_MIN_WORK = 30_000_000
+#: the same for programs TorchScript cannot compile (the VAE), which would run eagerly
+INDUCTOR_MIN_WORK_NO_JIT = 15_000_000
 ELBO_CHOICES = ("auto", *ELBOS, *COMPILED_ELBOS)
 
 
@@ -101,14 +111,39 @@ def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting
     return base
 
 
-def resolve_elbo(elbo: str, model: Any, steps: int) -> str:
-    """The ELBO name ``"auto"`` stands for with this model and step count. A ``"jit-"`` name
+def _cpp_compiler() -> bool:
+    """Whether TorchInductor's CPU backend finds a C++ compiler."""
+    import os
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+               if c)
+
+
+def resolve_elbo(elbo: str, model: Any, steps: int, *, rows_per_step: int | None = None
+                 ) -> str:
+    """The ELBO name ``"auto"`` stands for with this model and run. A ``"jit-"`` name
     for a model that declares itself untraceable (``training_hints().jit_safe`` false: the VAE,
-    replica stacks, BJEPA with a weight prior) is refused."""
+    replica stacks with their own noise, BJEPA with a weight prior) is refused, and so is
+    ``"inductor"`` for one that is not inductor-safe.
+
+    ``"auto"`` is ``"inductor"`` for runs large enough to pay for compiling (on the CPU with a
+    C++ compiler, in-memory data: ``rows_per_step`` given): ``rows_per_step × steps ×
+    replicas`` of at least :data:`INDUCTOR_MIN_WORK` (``INDUCTOR_MIN_WORK_NO_JIT`` for a
+    program TorchScript cannot compile, which would otherwise run eagerly); else
+    ``"jit-meanfield"`` for traceable models and at least :data:`JIT_MIN_STEPS` steps; else
+    ``"meanfield"``."""
     check_choice("elbo", elbo, ELBO_CHOICES)
     hints = model.training_hints()
     jit_safe = hints.jit_safe
     if elbo == "auto":
+        if rows_per_step is not None and hints.compilable_by_inductor:
+            work = rows_per_step * steps * hints.replicas
+            floor = INDUCTOR_MIN_WORK if jit_safe else INDUCTOR_MIN_WORK_NO_JIT
+            params = list(model.parameters())
+            on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
+            if work >= floor and on_cpu and _cpp_compiler():
+                return "inductor"
         return "jit-meanfield" if jit_safe and steps >= JIT_MIN_STEPS else "meanfield"
     if (elbo.startswith("jit-") and not jit_safe) or \
             (elbo in COMPILED_ELBOS and not hints.compilable_by_inductor):

@@ -157,6 +157,9 @@ class WorldModel(PyroModule):
     freeze_encoder: bool = False
     #: whether ``elbo="auto"`` may compile this model's program (static structure)
     jit_safe: bool = True
+    #: whether ``elbo="inductor"`` may compile it (``None``: as ``jit_safe``); it records
+    #: below Python, so a constrained ``PyroParam`` that TorchScript cannot follow is fine
+    inductor_safe: bool | None = None
     #: rows a training step needs at least
     min_batch_size: int = 1
     #: whether several models of this class can train as one replica stack
@@ -276,7 +279,7 @@ class WorldModel(PyroModule):
     def training_hints(self) -> TrainingHints:
         """What the trainer needs to know about this model."""
         return TrainingHints(min_batch_size=self.min_batch_size, jit_safe=self.jit_safe,
-                             stackable=self.stackable)
+                             stackable=self.stackable, inductor_safe=self.inductor_safe)
 
     def step_inputs(self, context: torch.Tensor, target: torch.Tensor | None,
                     batch_size: int | None, **model_kwargs: Any

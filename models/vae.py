@@ -41,6 +41,8 @@ class VAE(WorldModel):
     #: the constrained ``obs_scale`` PyroParam is read outside Pyro's param replay, so
     #: pyro.ops.jit cannot trace it: ``elbo="auto"`` trains these models eagerly
     jit_safe = False
+    #: ``elbo="inductor"`` records the transform of the constrained parameter like any op
+    inductor_safe = True
     #: which frame the decoder explains, ``"context"`` (VAE) or ``"target"`` (AR)
     reconstructs = "context"
 

@@ -33,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exact-replicas", action="store_true",
                    help="batched runs draw their own mini-batches, so each equals the same "
                         "run trained alone (about 30%% slower than the shared draw)")
+    p.add_argument("--elbo", default=None, choices=["auto", "meanfield", "inductor"],
+                   help="how each step is computed: auto (default; TorchScript for long runs), "
+                        "meanfield (eager) or inductor (the whole step compiled by "
+                        "TorchInductor: fastest per step, needs a C++ compiler and seconds to "
+                        "compile; models that cannot be compiled use auto)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true",
                         help="small, fast configuration (σ ∈ {0,4,8}, 2 seeds, 800 full-batch "
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "beta": args.beta, "tau": args.tau,
         "encoder": args.encoder, "device": args.device, "progress": not args.no_progress,
         "replicas": args.replicas,
-        "replica_batches": "own" if args.exact_replicas else None,
+        "replica_batches": "own" if args.exact_replicas else None, "elbo": args.elbo,
     }
     if args.quick:
         cfg = NoisyTVConfig.quick(**overrides)

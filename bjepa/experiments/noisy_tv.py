@@ -24,6 +24,7 @@ from bjepa.experiments.grid import GridPoint, format_rows, grid_points, run_grid
 from bjepa.inference import fit
 from bjepa.inference.checkpoint import load_checkpoint, save_checkpoint
 from bjepa.inference.fit import set_seed
+from bjepa.inference.svi import COMPILED_ELBOS, ELBO_CHOICES
 from bjepa.metrics import linear_probe_r2
 from bjepa.models import registry
 from bjepa.runs import RunFolder
@@ -67,6 +68,10 @@ class NoisyTVConfig:
     #: mini-batches of batched runs: ``"shared"`` (one draw per step for all runs; fastest)
     #: or ``"own"`` (each run draws its own rows and matches the run trained alone)
     replica_batches: str = "shared"
+    #: how each step is computed (:func:`bjepa.inference.fit`'s ``elbo``): ``"auto"``
+    #: (TorchScript for long runs of traceable models), ``"inductor"`` (the whole step
+    #: compiled by TorchInductor: fastest per step, seconds to compile) or an eager ELBO
+    elbo: str = "auto"
 
     @classmethod
     def paper_budget(cls, **overrides: Any) -> NoisyTVConfig:
@@ -96,6 +101,7 @@ class NoisyTVConfig:
         if self.replicas is not None:
             check_positive_int("replicas", self.replicas)
         check_choice("replica_batches", self.replica_batches, ["shared", "own"])
+        check_choice("elbo", self.elbo, ELBO_CHOICES)
         return self
 
 
@@ -199,6 +205,18 @@ def _save_run(folder: RunFolder | None, model: Any, row: dict[str, Any],
                           "test_steps": cfg.test_steps, "row": row})
 
 
+def _elbo_for(name: str, cfg: NoisyTVConfig, model: Any) -> str:
+    """``cfg.elbo``, except that a compiled ELBO asked for all models falls back to
+    ``"auto"`` for a model that cannot be compiled (it says so in the log)."""
+    if cfg.elbo not in COMPILED_ELBOS:
+        return cfg.elbo
+    if not model.training_hints().compilable_by_inductor:
+        logger.info("%s cannot be compiled with elbo=%r; training it with elbo='auto'", name,
+                    cfg.elbo)
+        return "auto"
+    return cfg.elbo
+
+
 def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
                    split: Any, folder: RunFolder | None) -> list[dict[str, Any]]:
     """Train the (σ, seed) ``runs`` of model ``name`` as replicas, chunk by chunk; returns
@@ -221,7 +239,8 @@ def _train_batched(name: str, runs: list[tuple[float, int]], cfg: NoisyTVConfig,
                     log_every=max(cfg.steps // 100, 1),
                     metrics_path=folder.metrics_path if folder else None,
                     metrics_tags={"model": name}, replicas=chunk,
-                    replica_batches=cfg.replica_batches)
+                    replica_batches=cfg.replica_batches,
+                    elbo=_elbo_for(name, cfg, models[0]))
         for (sigma, seed), model, hist in zip(part, models, hists, strict=True):
             row = {"model": name, "sigma": sigma, "seed": seed,
                    **probe(model, *split(sigma, seed)), "final_loss": hist.final_loss,
@@ -246,7 +265,8 @@ def _train_one(name: str, sigma: float, seed: int, cfg: NoisyTVConfig,
                progress=False, log_every=max(cfg.steps // 100, 1),
                metrics_path=folder.metrics_path if folder else None,
                metrics_tags={"model": name, "sigma": sigma, "seed": seed},
-               checkpoint_dir=ckdir, checkpoint_every=every, keep_last=2, resume=resume)
+               checkpoint_dir=ckdir, checkpoint_every=every, keep_last=2, resume=resume,
+               elbo=_elbo_for(name, cfg, model))
     row = {"model": name, "sigma": sigma, "seed": seed, **probe(model, train, test),
            "final_loss": hist.final_loss, "train_seconds": round(hist.seconds, 3),
            "replicas": 1}
