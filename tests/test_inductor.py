@@ -188,3 +188,19 @@ def test_inductor_trains_generative_baselines_as_their_eager_elbo_does(cls):
     for (name, p), q in zip(runs["meanfield"].named_parameters(),
                             runs["inductor"].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_auto_compiles_with_inductor_only_where_it_pays(monkeypatch):
+    from bjepa.inference import svi
+    from bjepa.inference.svi import resolve_elbo
+
+    vjepa, vae = VJEPA(20, 4), VAE(20, 4)
+    assert resolve_elbo("auto", vjepa, 6000, rows_per_step=5999) == "inductor"  # 36 M
+    assert resolve_elbo("auto", vjepa, 1000, rows_per_step=256) == "jit-meanfield"
+    assert resolve_elbo("auto", vae, 6000, rows_per_step=5999) == "inductor"
+    assert resolve_elbo("auto", vae, 1000, rows_per_step=256) == "meanfield"
+    assert resolve_elbo("auto", vjepa, 6000, rows_per_step=None) == "jit-meanfield"  # streamed
+    bayes = BJEPA(20, 4, weight_prior="normal")
+    assert resolve_elbo("auto", bayes, 6000, rows_per_step=5999) == "meanfield"
+    monkeypatch.setattr(svi, "_cpp_compiler", lambda: False)
+    assert resolve_elbo("auto", vjepa, 6000, rows_per_step=5999) == "jit-meanfield"
