@@ -264,8 +264,11 @@ def _graph_key(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> str:
 
 class InductorELBO(WrappedELBO):
     """``base``'s loss and gradients as one TorchInductor-compiled graph (see the module
-    docstring). ``loss_and_grads(model, guide, *args, **kwargs)`` needs ``model`` to be a bound
-    method of a torch module (a bjepa world model)."""
+    docstring): ``loss_and_grads(model, guide, *args, **kwargs)`` writes the gradients to
+    ``.grad``; ``loss_and_update(model, guide, optim, ...)`` (what :class:`InductorSVI` calls)
+    takes Adam's whole step in the graph. ``model`` must be a bound method of a torch module (a
+    bjepa world model). Buffers are constants of the graph: a model whose buffers change during
+    training needs an eager ELBO."""
 
     def __init__(self, base: ELBO, *, strict: bool = True) -> None:
         super().__init__(base, strict=strict)
