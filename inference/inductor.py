@@ -19,13 +19,15 @@ constants and input shapes, so the next seed of a model pays only for the tracin
 
 Random numbers (the guide's reparameterised noise, mini-batch indices) are drawn by the eager
 kernels from torch's generator (Inductor's ``fallback_random``), so a compiled run draws what an
-eager run draws and agrees with it to float rounding (tested). A graph is compiled per (argument
-shapes, warm-up flag); compiling takes seconds (tens of seconds on a busy 2-core machine), so it
-pays off on long runs — ``benchmarks/bench_reference.py`` measures it. It needs a C++ compiler
-(Inductor's CPU backend); without one, or for a program that cannot be traced, it falls back to
-the eager ELBO with a logged warning (``elbo="auto"``) or raises (``elbo="inductor"``). Models
-that declare themselves untraceable (``training_hints().compilable_by_inductor`` false: BJEPA
-with a weight prior, the RSSM) are refused. The VAE, whose constrained parameter TorchScript
+eager run draws and agrees with it to float rounding (tested). A graph is compiled per argument
+shapes (in training one graph covers the encoder warm-up and what follows: a mask input keeps
+the frozen parameters where they are); compiling takes seconds (tens of seconds on a busy
+2-core machine), so it pays off on long runs — ``benchmarks/bench_reference.py`` measures it.
+It needs a C++ compiler (Inductor's CPU backend); without one, or for a program that cannot be
+traced, it falls back to the eager ELBO with a logged warning (``elbo="auto"``) or raises
+(``elbo="inductor"``). Models that declare themselves untraceable
+(``training_hints().compilable_by_inductor`` false: BJEPA with a weight prior, the RSSM) are
+refused. The VAE, whose constrained parameter TorchScript
 cannot follow, compiles here; so do replica stacks, whose per-replica noise is drawn outside
 the graph (:class:`~bjepa.inference.replicas.NoiseTape`).
 """
@@ -49,7 +51,7 @@ from pyro import poutine
 from pyro.infer.elbo import ELBO
 from pyro.infer.util import torch_item
 
-from bjepa.inference.jit import WrappedELBO
+from bjepa.inference.jit import WrappedELBO, forked_rng
 from bjepa.inference.replicas import NoiseTape
 from bjepa.inference.svi import FusedSVI, NonFiniteLossError, is_nonfinite_validation_error
 
@@ -308,13 +310,11 @@ class InductorELBO(WrappedELBO):
         n_data, n_par = len(tensor_pos), len(params)
         n_target = 0 if target is None else len(target_names)
         used: list[bool] = []
-        devices = sorted({a.device for a in args if isinstance(a, torch.Tensor)
-                          and a.device.type == "cuda"}, key=str)
         # what the program draws from generators of its own (a replica stack's per-replica
         # noise): learned on one eager evaluation, then fed to the graph as inputs
         tape = NoiseTape()
-        with tape.recording(), torch.no_grad(), torch.random.fork_rng(devices=devices), \
-                _pyro_traceable(), warnings.catch_warnings():
+        with tape.recording(), torch.no_grad(), forked_rng(args), _pyro_traceable(), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.base.differentiable_loss(model, guide, *args, **kwargs)
 
@@ -347,8 +347,7 @@ class InductorELBO(WrappedELBO):
             [p.detach().requires_grad_(p.requires_grad) for p in params] + \
             ([] if target is None else [p.detach() for p in target.parameters()]) + \
             tape.examples()
-        with torch.random.fork_rng(devices=devices), _pyro_traceable(), \
-                warnings.catch_warnings():
+        with forked_rng(args), _pyro_traceable(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = _flatten_total_sums(_split_linear_layers(make_fx(step)(*inputs)))
         return graph, list(used), [t.detach() for t in inputs], tape
@@ -395,17 +394,17 @@ class InductorELBO(WrappedELBO):
         # one graph serves the encoder warm-up too: it is traced with the encoder training,
         # and a mask input keeps the parameters that get no gradient while the encoder is
         # frozen (found by tracing that variant, not compiling it) where they are
-        flag = bool(getattr(owner, "freeze_encoder", False))
-        try:
-            if hasattr(owner, "freeze_encoder"):
+        if hasattr(owner, "freeze_encoder"):
+            flag = owner.freeze_encoder
+            try:
                 owner.freeze_encoder = True
                 learns_frozen = self._trace(owner, model, guide, args, kwargs)[1]
                 owner.freeze_encoder = False
-            graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
-        finally:
-            if hasattr(owner, "freeze_encoder"):
+                graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
+            finally:
                 owner.freeze_encoder = flag
-        if not hasattr(owner, "freeze_encoder"):
+        else:
+            graph, used, inputs, tape = self._trace(owner, model, guide, args, kwargs)
             learns_frozen = used
         if any(f and not u for f, u in zip(learns_frozen, used, strict=True)):
             raise RuntimeError("a parameter learns only while the encoder is frozen")
@@ -441,7 +440,7 @@ class InductorELBO(WrappedELBO):
                 new_s.append(torch.where(a, step, steps[j]))
             return (loss, ok, *new_p, *new_m, *new_v, *new_s)
 
-        state = [self._adam_state(optim, inputs[i]) for i in params_at]
+        state = [self._adam_state(inputs[i]) for i in params_at]
         device = inputs[n_data].device if len(inputs) > n_data else torch.device("cpu")
         masks = {frozen: torch.tensor([f if frozen else True for f, u
                                        in zip(learns_frozen, used, strict=True) if u],
@@ -450,14 +449,13 @@ class InductorELBO(WrappedELBO):
         extra = [s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state] + \
             [s["step"] for s in state] + [torch.tensor(float(group["lr"]),
                                                        dtype=torch.float64), masks[False]]
-        devices = sorted({a.device for a in inputs if a.device.type == "cuda"}, key=str)
-        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        with forked_rng(inputs), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracing runs the ops: keep the draws off the RNG
             full = make_fx(update)(*inputs, *extra)
         return self._compile(full, [*inputs, *extra]), used, tape, masks
 
     @staticmethod
-    def _adam_state(optim: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _adam_state(p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Example Adam state of the shape torch's ``Adam(fused=True)`` creates for ``p``."""
         return {"step": torch.zeros((), dtype=torch.float32, device=p.device),
                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
@@ -546,7 +544,7 @@ class InductorELBO(WrappedELBO):
         moved = [p for p, u in zip(params, used, strict=True) if u]
         for p in moved:  # Adam's state, created as torch creates it on a first step
             if not optim.state[p]:
-                optim.state[p].update(self._adam_state(optim, p))
+                optim.state[p].update(self._adam_state(p))
         state = [optim.state[p] for p in moved]
         extra = [s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state] + \
             [s["step"] for s in state]
@@ -597,13 +595,10 @@ class InductorSVI(FusedSVI):
 
     def step(self, *args: Any, **kwargs: Any) -> float:
         if not self._checked:  # what FusedSVI's first step checks, on an eager evaluation
-            devices = sorted({a.device for a in args if isinstance(a, torch.Tensor)
-                              and a.device.type == "cuda"}, key=str)
             # (noise a replica stack would draw from its own generators is not drawn: zeros
             # stand in, so the check moves no random stream)
             with poutine.trace(param_only=True) as capture, torch.no_grad(), \
-                    torch.random.fork_rng(devices=devices), NoiseTape().recording(), \
-                    warnings.catch_warnings():
+                    forked_rng(args), NoiseTape().recording(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN",
                                         category=UserWarning)
                 try:

@@ -55,6 +55,14 @@ def _traceable_gaussian_noise() -> Iterator[None]:
         _normal_module._standard_normal, _mvn_module._standard_normal = saved
 
 
+def forked_rng(tensors: Any) -> contextlib.AbstractContextManager:
+    """Fork torch's RNG — on the CPU and on every CUDA device holding one of ``tensors`` — for
+    a block whose draws must not move the caller's streams (tracing runs the program)."""
+    devices = sorted({t.device for t in tensors if isinstance(t, torch.Tensor)
+                      and t.device.type == "cuda"}, key=str)
+    return torch.random.fork_rng(devices=devices)
+
+
 def _signature(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
@@ -129,10 +137,8 @@ class CompiledELBO(WrappedELBO):
         self._current = (model, guide)
         keyed = {**kwargs, "_bjepa_key": key}
         if key not in self._compiled_keys:
-            devices = sorted({a.device for a in args if isinstance(a, torch.Tensor)
-                              and a.device.type == "cuda"}, key=str)
             try:
-                with torch.random.fork_rng(devices=devices), _traceable_gaussian_noise(), \
+                with forked_rng(args), _traceable_gaussian_noise(), \
                         warnings.catch_warnings():
                     # pyro.ops.jit is built on torch.jit.trace, which recent torch marks deprecated
                     warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* deprecated",
