@@ -55,12 +55,14 @@ def _traceable_gaussian_noise() -> Iterator[None]:
         _normal_module._standard_normal, _mvn_module._standard_normal = saved
 
 
-def forked_rng(tensors: Any) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def forked_rng(tensors: Any) -> Iterator[None]:
     """Fork torch's RNG — on the CPU and on every CUDA device holding one of ``tensors`` — for
     a block whose draws must not move the caller's streams (tracing runs the program)."""
     devices = sorted({t.device for t in tensors if isinstance(t, torch.Tensor)
                       and t.device.type == "cuda"}, key=str)
-    return torch.random.fork_rng(devices=devices)
+    with torch.random.fork_rng(devices=devices):
+        yield
 
 
 def _signature(value: Any) -> Any:
