@@ -25,7 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=None, help="VJEPA/BJEPA KL weight β")
     p.add_argument("--tau", type=parse_tau, default=None,
                    help="EMA momentum τ in [0,1] or 'cosine' (0.99→1)")
-    p.add_argument("--encoder", choices=["linear", "mlp"], default=None)
+    p.add_argument("--encoder", default=None, metavar="SPEC",
+                   help="network family: linear (default) or mlp (two GELU hidden layers); "
+                        "an MLP's options may follow, e.g. mlp:depth=1,activation=tanh")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="width of every MLP network (default 64; needs --encoder mlp)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="hidden layers of every MLP network (default 2; needs --encoder mlp)")
+    p.add_argument("--activation", default=None,
+                   help="activation of the MLP networks: gelu (default), tanh, relu, silu or "
+                        "elu (needs --encoder mlp)")
     p.add_argument("--replicas", type=int, default=None,
                    help="runs of one model trained as one batched program (default: as many "
                         "as fit in ~1 GiB; 1 = one at a time, with periodic training "
@@ -49,6 +58,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def encoder_spec(encoder: str | None, depth: int | None, activation: str | None) -> str | None:
+    """``--encoder`` with ``--depth``/``--activation`` folded into its spec (``None``: none
+    given)."""
+    from bjepa.models.encoders import mlp_spec, parse_encoder_spec
+
+    if depth is None and activation is None:
+        return encoder
+    if encoder is None or parse_encoder_spec(encoder)[0] != "mlp":
+        raise ValueError("--depth and --activation shape the MLP networks; add --encoder mlp")
+    if encoder != "mlp":
+        raise ValueError(f"--encoder {encoder} already carries MLP options; give them either "
+                         "there or as --depth/--activation, not both")
+    return mlp_spec(depth, activation)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict, fields
 
@@ -59,10 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from bjepa.runs import RunFolder, default_run_dir
 
     overrides = {
+        "encoder": encoder_spec(args.encoder, args.depth, args.activation),
+        "hidden_dim": args.hidden_dim,
         "models": args.models.split(",") if args.models else None,
         "sigmas": args.sigmas, "seeds": args.seeds, "steps": args.steps, "lr": args.lr,
         "batch_size": args.batch_size, "beta": args.beta, "tau": args.tau,
-        "encoder": args.encoder, "device": args.device, "progress": not args.no_progress,
+        "device": args.device, "progress": not args.no_progress,
         "replicas": args.replicas,
         "replica_batches": "own" if args.exact_replicas else None, "elbo": args.elbo,
     }

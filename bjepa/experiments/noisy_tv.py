@@ -27,6 +27,7 @@ from bjepa.inference.fit import set_seed
 from bjepa.inference.svi import COMPILED_ELBOS, ELBO_CHOICES
 from bjepa.metrics import linear_probe_r2
 from bjepa.models import registry
+from bjepa.models.encoders import parse_encoder_spec
 from bjepa.runs import RunFolder
 
 __all__ = ["MODEL_NAMES", "PAPER_SIGMA8", "NoisyTVConfig", "build_model", "run", "summarise"]
@@ -53,7 +54,11 @@ class NoisyTVConfig:
     batch_size: int | None = 256
     beta: float = 0.01
     tau: float | str = 0.99
+    #: network spec (:mod:`bjepa.models.encoders`): ``"linear"``, ``"mlp"`` (2 GELU layers) or
+    #: an MLP with options, e.g. ``"mlp:depth=1,activation=tanh"``
     encoder: str = "linear"
+    #: width of the MLP networks (``None``: the models' default, 64); needs an ``"mlp"`` encoder
+    hidden_dim: int | None = None
     latent_dim: int = 4
     train_steps: int = 6000
     test_steps: int = 2000
@@ -96,6 +101,12 @@ class NoisyTVConfig:
             raise ValueError("seeds must list at least one seed")
         check_positive_int("steps", self.steps)
         check_nonnegative("beta", self.beta)
+        family, _ = parse_encoder_spec(self.encoder)
+        if self.hidden_dim is not None:
+            check_positive_int("hidden_dim", self.hidden_dim)
+            if family == "linear":
+                raise ValueError("hidden_dim sets the width of MLP networks, and "
+                                 "encoder='linear' has none; use encoder='mlp' or drop hidden_dim")
         if self.checkpoint_every is not None:
             check_positive_int("checkpoint_every", self.checkpoint_every)
         if self.replicas is not None:
@@ -114,7 +125,8 @@ def build_model(name: str, obs_dim: int, cfg: NoisyTVConfig) -> torch.nn.Module:
     """Construct model ``name`` (any registered model, :mod:`bjepa.models.registry`) with the
     run's shared settings."""
     return registry.build_model(name, obs_dim, cfg.latent_dim,
-                                settings=dict(encoder=cfg.encoder, beta=cfg.beta, tau=cfg.tau))
+                                settings=dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim,
+                                              beta=cfg.beta, tau=cfg.tau))
 
 
 def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[str, float]:
