@@ -239,6 +239,21 @@ def _split_linear_layers(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+@contextlib.contextmanager
+def _static_tracing() -> Iterator[None]:
+    """One fake-tensor mode with a (static) shape environment for tracing and compiling.
+    Around ``compile_fx`` it lets Inductor use its on-disk FX graph cache, which it bypasses
+    without one ("No shape env"), so a new process would generate and compile the C++ again
+    (seconds per program) instead of loading it; around ``make_fx`` it lets every node's
+    metadata share that mode instead of building a fresh one (and a stack trace) per node."""
+    from torch._guards import TracingContext, tracing
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    with tracing(TracingContext(FakeTensorMode(shape_env=ShapeEnv()))):
+        yield
+
+
 #: compiled graphs of this process, newest last (:meth:`InductorELBO._compile`)
 _COMPILED: OrderedDict[str, Callable] = OrderedDict()
 _COMPILED_MAX = 32
@@ -349,7 +364,9 @@ class InductorELBO(WrappedELBO):
             tape.examples()
         with forked_rng(args), _pyro_traceable(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = _flatten_total_sums(_split_linear_layers(make_fx(step)(*inputs)))
+            with _static_tracing():
+                traced = make_fx(step)(*inputs)
+            graph = _flatten_total_sums(_split_linear_layers(traced))
         return graph, list(used), [t.detach() for t in inputs], tape
 
     @staticmethod
@@ -369,7 +386,8 @@ class InductorELBO(WrappedELBO):
         with inductor_config.patch(fallback_random=True), warnings.catch_warnings(), \
                 torch.no_grad():
             warnings.simplefilter("ignore")
-            compiled = compile_fx(graph, inputs)
+            with _static_tracing():
+                compiled = compile_fx(graph, inputs)
         _COMPILED[key] = compiled
         while len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
@@ -449,7 +467,7 @@ class InductorELBO(WrappedELBO):
         extra = [s["exp_avg"] for s in state] + [s["exp_avg_sq"] for s in state] + \
             [s["step"] for s in state] + [torch.tensor(float(group["lr"]),
                                                        dtype=torch.float64), masks[False]]
-        with forked_rng(inputs), warnings.catch_warnings():
+        with forked_rng(inputs), warnings.catch_warnings(), _static_tracing():
             warnings.simplefilter("ignore")  # tracing runs the ops: keep the draws off the RNG
             full = make_fx(update)(*inputs, *extra)
         return self._compile(full, [*inputs, *extra]), used, tape, masks

@@ -27,6 +27,7 @@ import contextvars
 import copy
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -170,13 +171,42 @@ class ReplicaNoise(Messenger):
             msg["value"] = value
 
 
+#: numbers per replica from which CPU noise is drawn on several threads (below it, handing the
+#: work to a thread costs more than the draw)
+PARALLEL_NOISE_MIN = 4096
+_noise_pool: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
+
+
+def _noise_threads(device: torch.device, replicas: int, numel: int) -> int:
+    if device.type != "cpu" or numel < PARALLEL_NOISE_MIN:
+        return 1
+    return max(1, min(torch.get_num_threads(), replicas, 8))
+
+
 def draw_replica_noise(shape: Sequence[int], dtype: torch.dtype, device: torch.device,
                        generators: Sequence[torch.Generator]) -> torch.Tensor:
     """Standard normals ``(R, *shape)``, replica ``r``'s from ``generators[r]`` (each slice
-    filled in place: the numbers a fresh ``torch.empty(shape).normal_(generator=g)`` holds)."""
+    filled in place: the numbers a fresh ``torch.empty(shape).normal_(generator=g)`` holds).
+
+    A generator fills its slice on one thread, so on the CPU large slices are drawn by up to
+    ``torch.get_num_threads()`` threads at once, each with its own replicas' generators: the
+    numbers do not depend on the threads."""
+    global _noise_pool
     out = torch.empty((len(generators), *shape), dtype=dtype, device=device)
-    for r, g in enumerate(generators):
-        out[r].normal_(generator=g)
+    threads = _noise_threads(out.device, len(generators), out[0].numel() if len(out) else 0)
+    if threads == 1:
+        for r, g in enumerate(generators):
+            out[r].normal_(generator=g)
+        return out
+    if _noise_pool is None or _noise_pool[0] < threads:
+        _noise_pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="bjepa-noise"))
+
+    def fill(first: int) -> None:
+        for r in range(first, len(generators), threads):
+            out[r].normal_(generator=generators[r])
+
+    for done in [_noise_pool[1].submit(fill, i) for i in range(threads)]:
+        done.result()
     return out
 
 

@@ -152,6 +152,26 @@ def test_compiled_graphs_are_shared_by_equal_programs_only():
     assert sizes == [1, 1, 2]
 
 
+def test_compiled_step_is_stored_in_inductors_disk_cache():
+    """The compiled step goes through Inductor's FX graph cache (a new process loads it
+    instead of generating and compiling the C++ again); without a shape environment Inductor
+    bypasses that cache."""
+    from torch._dynamo.utils import counters
+
+    from bjepa.inference import inductor
+
+    x_c, x_t = _data()
+    inductor._COMPILED.clear()
+    before = dict(counters["inductor"])
+    torch.manual_seed(0)
+    fit(VJEPA(6, 3), x_c, x_t, steps=3, lr=1e-2, seed=0, elbo="inductor", warmup_steps=0,
+        progress=False)
+    after = counters["inductor"]
+    assert after["fxgraph_cache_bypass"] == before.get("fxgraph_cache_bypass", 0)
+    assert after["fxgraph_cache_hit"] + after["fxgraph_cache_miss"] > \
+        before.get("fxgraph_cache_hit", 0) + before.get("fxgraph_cache_miss", 0)
+
+
 def test_inductor_replica_stack_equals_each_model_trained_alone():
     """Seeds batched into one compiled program (their own guide noise drawn outside the graph
     from per-replica generators) end where each model trained alone, eagerly, ends."""

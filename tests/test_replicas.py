@@ -253,3 +253,26 @@ def test_compiled_elbo_matches_eager_across_model_families(case):
     # the optimised TorchScript graph may pick other convolution kernels: their rounding, turned
     # into Adam steps on near-zero gradients, stays far below one step (lr = 1e-2)
     assert _max_diff(*out) < (1e-3 if case == "conv" else 1e-8)
+
+
+def test_replica_noise_drawn_on_several_threads_is_each_generators_own_stream():
+    """Large CPU noise is drawn by a pool of threads; each replica's slice still holds exactly
+    what its own generator gives alone, whatever the thread count."""
+    from bjepa.inference.replicas import PARALLEL_NOISE_MIN, draw_replica_noise
+
+    shape = (PARALLEL_NOISE_MIN // 4 + 7, 4)
+    threads = torch.get_num_threads()
+    try:
+        drawn = {}
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            gens = [torch.Generator().manual_seed(s) for s in range(5)]
+            drawn[n] = torch.cat([draw_replica_noise(shape, torch.float32,
+                                                     torch.device("cpu"), gens)
+                                  for _ in range(2)], 1)  # two steps: the streams go on
+    finally:
+        torch.set_num_threads(threads)
+    alone = torch.stack([torch.cat([torch.empty(shape).normal_(generator=g) for _ in range(2)])
+                         for g in (torch.Generator().manual_seed(s) for s in range(5))])
+    for n, values in drawn.items():
+        assert torch.equal(values, alone), n
