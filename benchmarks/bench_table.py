@@ -82,15 +82,15 @@ def main(args: argparse.Namespace) -> dict:
         "machine": platform.platform(), "processor": platform.processor() or "unknown",
         "cpus": os.cpu_count(), "python": platform.python_version(), "device": args.device,
         "command": f"bjepa noisy-tv --models {args.models} --sigmas {args.sigmas} "
-                   f"--seeds {seeds} --device {args.device}",
+                   f"--seeds {seeds} --device {args.device} --elbo {args.elbo}",
     }}
     print(f"recommended settings: {result['meta']['command']}", flush=True)
     walls, rsss = [], []
     for i in range(args.repeat):  # the first run also fills the compile cache
         cold = args.cold_first and i == 0
         wall, rss, rows = run_cli(["noisy-tv", "--models", args.models, "--sigmas",
-                                   args.sigmas, "--seeds", seeds, "--device", args.device],
-                                  cold=cold)
+                                   args.sigmas, "--seeds", seeds, "--device", args.device,
+                                   "--elbo", args.elbo], cold=cold)
         walls.append(wall)
         rsss.append(rss)
         print(f"  {len(rows)} runs in {wall:.1f} s{' (empty compile cache)' if cold else ''}, "
@@ -158,6 +158,8 @@ if __name__ == "__main__":
     p.add_argument("--sigmas", default=SIGMAS)
     p.add_argument("--seeds", default="0-9")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--elbo", default="auto", choices=["auto", "meanfield", "inductor"],
+                   help="passed to bjepa noisy-tv (default: what the command picks)")
     p.add_argument("--skip-paper", action="store_true", help="only the recommended table")
     p.add_argument("--paper-sigmas", default="8")
     p.add_argument("--paper-seeds", default="0")
