@@ -42,9 +42,10 @@ class _FamilyMap(dict[str, str]):
     same spec when the target is its own family, else to the target family as registered."""
 
     def __missing__(self, spec: str) -> str:
-        family, options = parse_encoder_spec(spec)
-        if not options or family == spec:
+        family, sep, _ = spec.partition(":") if isinstance(spec, str) else (spec, "", "")
+        if not sep or family not in self:
             raise KeyError(spec)
+        parse_encoder_spec(spec)  # a bad option raises ValueError naming it
         target = self[family]
         return spec if target == family else target
 
