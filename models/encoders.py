@@ -54,6 +54,7 @@ ENCODERS: dict[str, EncoderFactory] = {}
 #: for each encoder family, the network family used for maps *out of* the latent space
 #: (decoders of the generative baselines) and for small heads on raw observations
 DECODERS: dict[str, str] = _FamilyMap()
+#: for each encoder family, the network family used for latent-to-latent heads (predictors)
 HEAD_NETS: dict[str, str] = _FamilyMap()
 #: for each family, the options its spec may carry and how each is parsed
 ENCODER_OPTIONS: dict[str, dict[str, OptionParser]] = {}
