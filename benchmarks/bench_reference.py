@@ -197,7 +197,7 @@ def main(args: argparse.Namespace) -> dict:
               "load_at_start": os.getloadavg()[0], "steps": args.steps, "seeds": seeds,
               "summary": summary(rows), "rows": rows}
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench_reference.json").write_text(json.dumps(result, indent=1))
+    (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     lines = ["| protocol | implementation | s per model | all seeds (s) | vs reference | "
              "signal R² mean | min |", "|---|---|---|---|---|---|---|"]
     for s in result["summary"]:
@@ -205,8 +205,8 @@ def main(args: argparse.Namespace) -> dict:
                      f"{s['seconds_all']:.1f} | {s['time_vs_reference']:.2f}× | "
                      f"{s['r2_mean']:.3f} | {s['r2_min']:.3f} |")
     text = "\n".join(lines)
-    (OUT / "bench_reference.md").write_text(f"{result['machine']}, load "
-                                           f"{result['load_at_start']:.1f} at start\n\n{text}\n")
+    (OUT / f"{args.name}.md").write_text(f"{result['machine']}, load "
+                                        f"{result['load_at_start']:.1f} at start\n\n{text}\n")
     print(text)
     return result
 
@@ -219,4 +219,5 @@ if __name__ == "__main__":
     p.add_argument("--skip-recommended", action="store_true")
     p.add_argument("--skip-alternatives", action="store_true",
                    help="time only the default ELBO (not also TorchScript / eager)")
+    p.add_argument("--name", default="bench_reference", help="output file stem in results/")
     main(p.parse_args())
