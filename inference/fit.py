@@ -58,7 +58,6 @@ from bjepa.inference.svi import (
     JIT_MIN_STEPS,
     FusedSVI,
     NonFiniteLossError,
-    compiled_marker,
     make_elbo,
     resolve_elbo,
     set_seed,
@@ -358,9 +357,7 @@ def fit(
         hooks.append(LambdaCallback(callback))
     hooks += list(callbacks)
     loss_fn = make_elbo(elbo, num_particles, hints.max_plate_nesting,
-                        strict=requested != "auto",
-                        marker=compiled_marker(model, batch_size or rows)
-                        if elbo == "inductor" else None)
+                        strict=requested != "auto")
     trainer = Trainer(model, Batches(model, context, target, batch_size, dev, dtype, kwargs,
                                      seed=seed),
                       settings, strategy=runner, callbacks=hooks, checkpoint_dir=checkpoint_dir,

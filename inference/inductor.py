@@ -42,7 +42,6 @@ import operator
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -288,9 +287,8 @@ class InductorELBO(WrappedELBO):
     bjepa world model). Buffers are constants of the graph: a model whose buffers change during
     training needs an eager ELBO."""
 
-    def __init__(self, base: ELBO, *, strict: bool = True, marker: Path | None = None) -> None:
+    def __init__(self, base: ELBO, *, strict: bool = True) -> None:
         super().__init__(base, strict=strict)
-        self.marker = marker
         self._graphs: dict[tuple, tuple[Any, ...]] = {}
         self._lr: tuple[float, torch.Tensor] | None = None
         self._owners: dict[int, tuple[torch.nn.Module, list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -520,10 +518,6 @@ class InductorELBO(WrappedELBO):
         if key not in self._graphs:
             try:
                 self._graphs[key] = build()
-                if self.marker is not None:  # compiled (or loaded): "auto" may now pick it
-                    with contextlib.suppress(OSError):  # for smaller runs of this program
-                        self.marker.parent.mkdir(parents=True, exist_ok=True)
-                        self.marker.touch()
             except Exception as err:  # noqa: BLE001 - reported, then eager (or raised)
                 if self.strict:
                     raise RuntimeError(f"the ELBO could not be compiled with TorchInductor "

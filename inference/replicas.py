@@ -45,7 +45,7 @@ from bjepa._util import progress_bar
 from bjepa._validation import check_choice, check_positive_int, check_tensor, resolve_device
 from bjepa.inference.callbacks import Callback, LambdaCallback, MetricsLogger, ProgressBar
 from bjepa.inference.engine import Batches, FitSettings, Trainer
-from bjepa.inference.svi import compiled_marker, make_elbo, resolve_elbo, set_seed
+from bjepa.inference.svi import make_elbo, resolve_elbo, set_seed
 from bjepa.models.base import TrainingHints, WorldModel, per_row_loss
 
 __all__ = ["NoiseTape", "ReplicaLinear", "ReplicaNoise", "ReplicaStack", "auto_chunk",
@@ -583,9 +583,7 @@ def fit_replicas(models: Sequence[Any], context: torch.Tensor | Sequence[torch.T
                 hooks.append(LambdaCallback(callback))
             trainer = Trainer(stack, Batches(stack, ctx, tgt, batch_size, dev, dtype, {}),
                               settings, callbacks=hooks,
-                              loss_fn=make_elbo(name, num_particles, 2, strict=elbo != "auto",
-                                                marker=compiled_marker(stack, batch_size or n)
-                                                if name == "inductor" else None))
+                              loss_fn=make_elbo(name, num_particles, 2, strict=elbo != "auto"))
             # the data were validated per model above; inside the loop Pyro's argument checks
             # cost ~10 % of a step, and a NaN still stops training through the loss check
             with pyro.validation_enabled(False):

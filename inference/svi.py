@@ -13,7 +13,6 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pyro
@@ -38,14 +37,12 @@ __all__ = [
     "COMPILED_ELBOS",
     "ELBO_CHOICES",
     "INDUCTOR_MIN_WORK",
-    "INDUCTOR_MIN_WORK_CACHED",
     "INDUCTOR_MIN_WORK_NO_JIT",
     "JIT_MIN_STEPS",
     "FusedSVI",
     "HookedSVI",
     "NonFiniteLossError",
     "apply_gradients",
-    "compiled_marker",
     "elbo_parts",
     "is_nonfinite_validation_error",
     "make_elbo",
@@ -72,14 +69,10 @@ COMPILED_ELBOS = ("inductor",)
 #: replicas): compiling takes ~3-6 s on a 2-core CPU, and a step then costs 0.4-0.8× a
 #: TorchScript step (benchmarks/README.md). Measured crossover for a linear VJEPA: the paper
 #: protocol (6000 steps × 5999 rows) gains 2.4×, the batched Noisy TV table (90 replicas ×
-#: 1000 steps × 256 rows = 23 M) loses when it compiles and gains when it loads the compiled
-#: code from the disk cache (:data:`INDUCTOR_MIN_WORK_CACHED`).
+#: 1000 steps × 256 rows = 23 M) loses.
 INDUCTOR_MIN_WORK = 30_000_000
 #: the same for programs TorchScript cannot compile (the VAE), which would run eagerly
 INDUCTOR_MIN_WORK_NO_JIT = 15_000_000
-#: the floor for a program this machine has compiled before: its code is in TorchInductor's
-#: on-disk cache, so the first step loads it (well under a second) instead of compiling it
-INDUCTOR_MIN_WORK_CACHED = 5_000_000
 ELBO_CHOICES = ("auto", *ELBOS, *COMPILED_ELBOS)
 
 
@@ -96,12 +89,11 @@ def set_seed(seed: int) -> None:
 
 
 def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting: int = 1,
-              *, strict: bool = True, marker: Path | None = None) -> ELBO:
+              *, strict: bool = True) -> ELBO:
     """The Pyro ELBO named ``elbo`` (see :data:`ELBOS`) with ``num_particles`` particles
     (``max_plate_nesting=2`` for replica stacks: replicas × data). ``"jit-"`` names give a
     :class:`~bjepa.inference.jit.CompiledELBO`; with ``strict=False`` it falls back to the
-    eager ELBO (logging why) when the program cannot be compiled. ``marker`` (``"inductor"``
-    only): a file created once the step has compiled (see :func:`compiled_marker`)."""
+    eager ELBO (logging why) when the program cannot be compiled."""
     check_choice("elbo", elbo, (*ELBOS, *COMPILED_ELBOS))
     check_positive_int("num_particles", num_particles)
     if elbo == "inductor":
@@ -109,7 +101,7 @@ def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting
 
         return InductorELBO(TraceMeanField_ELBO(num_particles=num_particles,
                                                 max_plate_nesting=max_plate_nesting),
-                            strict=strict, marker=marker)
+                            strict=strict)
     base = ELBOS[elbo](num_particles=num_particles, max_plate_nesting=max_plate_nesting,
                        vectorize_particles=num_particles > 1 and elbo.startswith("jit-"))
     if elbo.startswith("jit-"):
@@ -117,46 +109,6 @@ def make_elbo(elbo: str = "meanfield", num_particles: int = 1, max_plate_nesting
 
         return CompiledELBO(base, strict=strict)
     return base
-
-
-def inductor_cache_dir() -> Path:
-    """TorchInductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, else torch's default
-    ``<tmp>/torchinductor_<user>``), found without importing Inductor."""
-    import getpass
-    import os
-    import tempfile
-
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).absolute()
-    try:
-        user = getpass.getuser()
-    except (KeyError, ModuleNotFoundError, OSError):
-        user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
-    return Path(tempfile.gettempdir()) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user))
-
-
-def compiled_marker(model: Any, rows_per_step: int) -> Path:
-    """The file that says ``elbo="inductor"`` compiled this program on this machine before (in
-    the Inductor cache, so clearing that cache clears it). The name digests what the compiled
-    graph depends on and is known before tracing: the model's modules and their sizes, its
-    scalar settings (β, τ, ...), its parameters' and buffers' shapes and dtypes, the rows per
-    step and torch's version. It is a hint for ``"auto"``'s
-    choice only: a stale or colliding name costs a compile, never a wrong result."""
-    import hashlib
-
-    def settings(module: torch.nn.Module) -> list[Any]:
-        # numbers and strings (β, τ, sizes, names); flags such as ``training`` or
-        # ``freeze_encoder`` change during a run and do not change the program
-        return sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and
-                      isinstance(v, int | float | str) and not isinstance(v, bool))
-
-    h = hashlib.sha256(repr((
-        type(model).__qualname__, repr(model), torch.__version__, rows_per_step,
-        [(n, type(m).__qualname__, settings(m)) for n, m in model.named_modules()],
-        [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in model.named_parameters()],
-        [(n, tuple(b.shape), b.dtype) for n, b in model.named_buffers()],
-    )).encode())
-    return inductor_cache_dir() / "bjepa-compiled" / h.hexdigest()[:32]
 
 
 def _cpp_compiler() -> bool:
@@ -190,9 +142,7 @@ def resolve_elbo(elbo: str, model: Any, steps: int, *, rows_per_step: int | None
             floor = INDUCTOR_MIN_WORK if jit_safe else INDUCTOR_MIN_WORK_NO_JIT
             params = list(model.parameters())
             on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
-            if on_cpu and work >= INDUCTOR_MIN_WORK_CACHED and _cpp_compiler() and (
-                    work >= floor or
-                    compiled_marker(model, rows_per_step).exists()):
+            if work >= floor and on_cpu and _cpp_compiler():
                 return "inductor"
         return "jit-meanfield" if jit_safe and steps >= JIT_MIN_STEPS else "meanfield"
     if (elbo.startswith("jit-") and not jit_safe) or \

@@ -224,32 +224,3 @@ def test_auto_compiles_with_inductor_only_where_it_pays(monkeypatch):
     assert resolve_elbo("auto", bayes, 6000, rows_per_step=5999) == "meanfield"
     monkeypatch.setattr(svi, "_cpp_compiler", lambda: False)
     assert resolve_elbo("auto", vjepa, 6000, rows_per_step=5999) == "jit-meanfield"
-
-
-def test_auto_compiles_smaller_runs_of_a_program_this_machine_compiled_before(monkeypatch,
-                                                                               tmp_path):
-    """Below the compile-cost floor, "auto" picks Inductor only for a program whose compiled
-    code is already on disk: a marker in the Inductor cache written by the first compile of
-    the same model (class, sizes, settings) at the same rows per step."""
-    from bjepa.inference import inductor, svi
-    from bjepa.inference.svi import compiled_marker, resolve_elbo
-
-    monkeypatch.setattr(svi, "inductor_cache_dir", lambda: tmp_path)
-    x_c, x_t = _data()
-    steps = -(-svi.INDUCTOR_MIN_WORK_CACHED // x_c.shape[0])  # above the cached floor only
-    assert steps * x_c.shape[0] < svi.INDUCTOR_MIN_WORK
-    torch.manual_seed(0)
-    model = VJEPA(6, 3)
-    assert resolve_elbo("auto", model, steps, rows_per_step=x_c.shape[0]) == "jit-meanfield"
-    assert not compiled_marker(model, x_c.shape[0]).exists()
-    inductor._COMPILED.clear()
-    fit(model, x_c, x_t, steps=2, lr=1e-2, seed=0, elbo="inductor", warmup_steps=0,
-        progress=False)
-    assert compiled_marker(model, x_c.shape[0]).exists()
-    assert resolve_elbo("auto", VJEPA(6, 3), steps, rows_per_step=x_c.shape[0]) == "inductor"
-    # another setting, another size or too little work: not this program, or not worth it
-    assert resolve_elbo("auto", VJEPA(6, 3, beta=0.5), steps,
-                        rows_per_step=x_c.shape[0]) == "jit-meanfield"
-    assert resolve_elbo("auto", VJEPA(6, 3), steps, rows_per_step=64) == "jit-meanfield"
-    assert resolve_elbo("auto", VJEPA(6, 3), steps // 10,
-                        rows_per_step=x_c.shape[0]) == "jit-meanfield"
