@@ -20,6 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rssm-steps", type=int, default=None, help="optimiser steps of the RSSM")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="rows per mini-batch")
+    p.add_argument("--encoder", default=None, metavar="SPEC",
+                   help="network family of the frame models, all but the RSSM (default mlp: two "
+                        "GELU hidden layers); an MLP's options may follow, e.g. "
+                        "mlp:depth=1,activation=tanh")
+    p.add_argument("--hidden-dim", type=int, default=None,
+                   help="width of every MLP network (default 256; --quick 64)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="hidden layers of every MLP network (default 2)")
+    p.add_argument("--activation", default=None,
+                   help="activation of the MLP networks: gelu (default), tanh, relu, silu or elu")
+    p.add_argument("--init", default=None, choices=["cca", "random"],
+                   help="start of the JEPA/VJEPA/BJEPA encoders: cca (data-dependent) or random "
+                        "(default: each model's own, cca for VJEPA and BJEPA, random for JEPA)")
     p.add_argument("--size", type=int, default=None,
                    help="image side in pixels (default 8; larger sizes upsample the 8×8 digits)")
     p.add_argument("--source", default=None,
@@ -36,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bjepa.cli.noisy_tv import encoder_spec
     from bjepa.experiments.digits import (
         DigitsConfig,
         format_goal_table,
@@ -46,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from bjepa.experiments.digits import run as run_experiment
     from bjepa.runs import RunFolder, default_run_dir
 
-    overrides = {"models": args.models.split(",") if args.models else None,
+    # the digits models are MLPs by default, so --depth/--activation alone shape that MLP
+    shaped = args.depth is not None or args.activation is not None
+    encoder = encoder_spec(args.encoder or ("mlp" if shaped else None), args.depth,
+                           args.activation)
+    overrides = {"encoder": encoder, "hidden_dim": args.hidden_dim, "init": args.init,
+                 "models": args.models.split(",") if args.models else None,
                  "sigmas": args.sigmas, "seeds": args.seeds, "steps": args.steps,
                  "rssm_steps": args.rssm_steps, "lr": args.lr, "batch_size": args.batch_size,
                  "size": args.size, "source": args.source, "goal_sigmas": args.goal_sigmas,
@@ -54,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in overrides.items() if v is not None}
     cfg = (DigitsConfig.quick(**given) if args.quick else DigitsConfig(**given)).validate()
     with RunFolder(args.out or default_run_dir("digits"), overwrite=args.overwrite) as folder:
-        print(f"digits: {', '.join(cfg.models)} × σ {cfg.sigmas} × seeds {cfg.seeds} → "
+        print(f"digits: {', '.join(cfg.models)} × σ {cfg.sigmas} × seeds {cfg.seeds}, encoder "
+              f"{cfg.encoder} of width {cfg.hidden_dim}, init {cfg.init or 'model default'} → "
               f"{folder.path}")
         out = run_experiment(cfg, folder)
     print(format_table(summarise(out["results"])))

@@ -66,7 +66,14 @@ class DigitsConfig:
     lr: float = 1e-3
     batch_size: int | None = 256
     latent_dim: int = 16
+    #: the predictive/VAE models' networks: an encoder spec (``"mlp"``: two GELU layers of
+    #: ``hidden_dim``; ``"mlp:depth=1,activation=tanh"``: one Tanh layer; see
+    #: :func:`bjepa.models.encoders.parse_encoder_spec`)
+    encoder: str = "mlp"
     hidden_dim: int = 256
+    #: the start of JEPA/VJEPA/BJEPA's encoder: ``"cca"`` (data-dependent), ``"random"``, or
+    #: ``None`` for each model's default (VJEPA and BJEPA ``"cca"``, JEPA ``"random"``)
+    init: str | None = None
     beta: float = 0.01
     tau: float = 0.99
     #: image side: scikit-learn's digits are 8×8 (larger sizes upsample them bilinearly)
@@ -103,18 +110,24 @@ class DigitsConfig:
         for name in ("steps", "rssm_steps", "latent_dim", "hidden_dim", "size", "train_frames",
                      "test_frames", "frames_per_class"):
             check_positive_int(name, getattr(self, name))
+        from bjepa.models.encoders import parse_encoder_spec
+
+        parse_encoder_spec(self.encoder)
+        if self.init is not None:
+            check_choice("init", self.init, ["random", "cca"])
         return self
 
 
 def build(name: str, obs_dim: int, cfg: DigitsConfig) -> Any:
-    """Model ``name`` with MLP encoders of width ``hidden_dim`` and ``latent_dim`` latents."""
+    """Model ``name`` with ``cfg.encoder`` networks of width ``hidden_dim``, ``latent_dim``
+    latents and the encoder start ``cfg.init`` (where the model takes one)."""
     from bjepa.models.registry import build_model
 
     if name == "rssm":
         return build_model("rssm", obs_dim, cfg.latent_dim)
     return build_model(name, obs_dim, cfg.latent_dim,
-                       settings=dict(encoder="mlp", hidden_dim=cfg.hidden_dim, beta=cfg.beta,
-                                     tau=cfg.tau))
+                       settings=dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim,
+                                     beta=cfg.beta, tau=cfg.tau, init=cfg.init))
 
 
 @torch.no_grad()
