@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import copy
 import itertools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -174,7 +175,7 @@ class ReplicaNoise(Messenger):
 #: numbers per replica from which CPU noise is drawn on several threads (below it, handing the
 #: work to a thread costs more than the draw)
 PARALLEL_NOISE_MIN = 4096
-_noise_pool: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool)
+_noise_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool)
 
 
 def _noise_threads(device: torch.device, replicas: int, numel: int) -> int:
@@ -198,14 +199,16 @@ def draw_replica_noise(shape: Sequence[int], dtype: torch.dtype, device: torch.d
         for r, g in enumerate(generators):
             out[r].normal_(generator=g)
         return out
-    if _noise_pool is None or _noise_pool[0] < threads:
-        _noise_pool = (threads, ThreadPoolExecutor(threads, thread_name_prefix="bjepa-noise"))
+    if _noise_pool is None or _noise_pool[0] != os.getpid() or _noise_pool[1] < threads:
+        # (a forked child inherits the pool object but not its threads: it gets its own)
+        _noise_pool = (os.getpid(), threads,
+                       ThreadPoolExecutor(threads, thread_name_prefix="bjepa-noise"))
 
     def fill(first: int) -> None:
         for r in range(first, len(generators), threads):
             out[r].normal_(generator=generators[r])
 
-    for done in [_noise_pool[1].submit(fill, i) for i in range(threads)]:
+    for done in [_noise_pool[2].submit(fill, i) for i in range(threads)]:
         done.result()
     return out
 
