@@ -18,12 +18,21 @@ def layout(net: nn.Module) -> list[tuple[str, int, int] | str]:
             else type(m).__name__.removeprefix("Pyro") for m in net]
 
 
-def test_default_config_keeps_two_gelu_layers_of_256_and_each_models_own_start():
+def test_default_config_keeps_two_gelu_layers_of_256_and_starts_every_encoder_at_random():
+    # random, not VJEPA's/BJEPA's own CCA start, which picks spurious directions on the 64
+    # pixels (docs/digits.md, "VJEPA's encoder start")
     cfg = DigitsConfig().validate()
-    vjepa, jepa = build("vjepa", 64, cfg), build("jepa", 64, cfg)
+    vjepa, bjepa, jepa = (build(name, 64, cfg) for name in ("vjepa", "bjepa", "jepa"))
     assert layout(vjepa.context_encoder) == [("Linear", 64, 256), "GELU", ("Linear", 256, 256),
                                              "GELU", ("Linear", 256, 16)]
-    assert (vjepa.init, jepa.init) == ("cca", "random")
+    assert (vjepa.init, bjepa.init, jepa.init) == ("random", "random", "random")
+    assert DigitsConfig.quick().init == "random"
+
+
+def test_cca_start_stays_available_and_none_means_each_models_own_start():
+    assert build("bjepa", 64, DigitsConfig(init="cca").validate()).init == "cca"
+    own = DigitsConfig(init=None).validate()
+    assert (build("vjepa", 64, own).init, build("jepa", 64, own).init) == ("cca", "random")
 
 
 def test_encoder_spec_width_and_start_reach_the_frame_models():
@@ -53,15 +62,15 @@ def test_cli_tiny_run_stores_and_rebuilds_the_chosen_network_and_start(tmp_path,
     out = tmp_path / "run"
     rc = main(["digits", "--quick", "--models", "vjepa", "--sigmas", "0", "--seeds", "0",
                "--steps", "5", "--hidden-dim", "16", "--depth", "1", "--activation", "tanh",
-               "--init", "random", "--out", str(out)])
+               "--init", "cca", "--out", str(out)])
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["encoder"], cfg["hidden_dim"], cfg["init"]) == (
-        "mlp:depth=1,activation=tanh", 16, "random")
+        "mlp:depth=1,activation=tanh", 16, "cca")
     model = load_model(out / "checkpoints" / "vjepa-sigma0-seed0.pt")
     assert layout(model.context_encoder) == [("Linear", 64, 16), "Tanh", ("Linear", 16, 16)]
-    assert model.init == "random"
-    assert "encoder mlp:depth=1,activation=tanh of width 16, init random" in capsys.readouterr().out
+    assert model.init == "cca"
+    assert "encoder mlp:depth=1,activation=tanh of width 16, init cca" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", default=None,
                    help="activation of the MLP networks: gelu (default), tanh, relu, silu or elu")
     p.add_argument("--init", default=None, choices=["cca", "random"],
-                   help="start of the JEPA/VJEPA/BJEPA encoders: cca (data-dependent) or random "
-                        "(default: each model's own, cca for VJEPA and BJEPA, random for JEPA)")
+                   help="start of the JEPA/VJEPA/BJEPA encoders: random (default here: the "
+                        "data-dependent cca start, VJEPA's and BJEPA's own elsewhere, picks "
+                        "spurious directions on the 64 pixels; docs/digits.md) or cca")
     p.add_argument("--size", type=int, default=None,
                    help="image side in pixels (default 8; larger sizes upsample the 8×8 digits)")
     p.add_argument("--source", default=None,
