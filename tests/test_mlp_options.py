@@ -201,3 +201,25 @@ def test_cli_rejects_bad_mlp_options_before_writing_anything(tmp_path, capsys, a
     assert main(["noisy-tv", "--quick", "--out", str(out), "--no-progress", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_init_defaults_to_each_models_own_start_and_reaches_the_predictive_models():
+    own = NoisyTVConfig(encoder="mlp").validate()
+    assert (build_model("vjepa", 20, own).init, build_model("jepa", 20, own).init) == (
+        "cca", "random")
+    chosen = NoisyTVConfig(encoder="mlp", init="random").validate()
+    for name in ("vjepa", "bjepa", "jepa"):
+        assert build_model(name, 20, chosen).init == "random", name
+    assert build_model("vjepa", 20, NoisyTVConfig(init="cca").validate()).init == "cca"
+    with pytest.raises(ValueError, match="init"):
+        NoisyTVConfig(init="zeros").validate()
+
+
+def test_cli_init_is_stored_and_rebuilt_from_the_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["noisy-tv", "--quick", "--models", "vjepa", "--sigmas", "0", "--seeds", "0",
+               "--steps", "5", "--encoder", "mlp", "--hidden-dim", "16", "--init", "random",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["init"] == "random"
+    assert load_model(out / "checkpoints" / "vjepa-sigma0-seed0.pt").init == "random"

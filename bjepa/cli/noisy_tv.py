@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", default=None,
                    help="activation of the MLP networks: gelu (default), tanh, relu, silu or "
                         "elu (needs --encoder mlp)")
+    p.add_argument("--init", default=None, choices=["cca", "random"],
+                   help="start of the JEPA/VJEPA/BJEPA encoders: cca (data-dependent) or random "
+                        "(default: each model's own, cca for VJEPA and BJEPA, random for JEPA)")
     p.add_argument("--replicas", type=int, default=None,
                    help="runs of one model trained as one batched program (default: as many "
                         "as fit in ~1 GiB; 1 = one at a time, with periodic training "
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {
         "encoder": encoder_spec(args.encoder, args.depth, args.activation),
-        "hidden_dim": args.hidden_dim,
+        "hidden_dim": args.hidden_dim, "init": args.init,
         "models": args.models.split(",") if args.models else None,
         "sigmas": args.sigmas, "seeds": args.seeds, "steps": args.steps, "lr": args.lr,
         "batch_size": args.batch_size, "beta": args.beta, "tau": args.tau,

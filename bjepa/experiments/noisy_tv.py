@@ -59,6 +59,10 @@ class NoisyTVConfig:
     encoder: str = "linear"
     #: width of the MLP networks (``None``: the models' default, 64); needs an ``"mlp"`` encoder
     hidden_dim: int | None = None
+    #: the start of JEPA/VJEPA/BJEPA's encoder: ``None`` (each model's own: VJEPA and BJEPA
+    #: ``"cca"``, JEPA ``"random"``), ``"cca"`` (data-dependent) or ``"random"``. The CCA start
+    #: can pick spurious directions for wide MLP encoders at low noise (docs/nonlinear.md)
+    init: str | None = None
     latent_dim: int = 4
     train_steps: int = 6000
     test_steps: int = 2000
@@ -107,6 +111,8 @@ class NoisyTVConfig:
             if family == "linear":
                 raise ValueError("hidden_dim sets the width of MLP networks, and "
                                  "encoder='linear' has none; use encoder='mlp' or drop hidden_dim")
+        if self.init is not None:
+            check_choice("init", self.init, ["cca", "random"])
         if self.checkpoint_every is not None:
             check_positive_int("checkpoint_every", self.checkpoint_every)
         if self.replicas is not None:
@@ -123,10 +129,10 @@ def _given(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def build_model(name: str, obs_dim: int, cfg: NoisyTVConfig) -> torch.nn.Module:
     """Construct model ``name`` (any registered model, :mod:`bjepa.models.registry`) with the
-    run's shared settings."""
+    run's shared settings (``init`` reaches the models that take a start)."""
     return registry.build_model(name, obs_dim, cfg.latent_dim,
                                 settings=dict(encoder=cfg.encoder, hidden_dim=cfg.hidden_dim,
-                                              beta=cfg.beta, tau=cfg.tau))
+                                              beta=cfg.beta, tau=cfg.tau, init=cfg.init))
 
 
 def probe(model: Any, train: noisy_tv.NoisyTV, test: noisy_tv.NoisyTV) -> dict[str, float]:
