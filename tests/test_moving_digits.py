@@ -225,7 +225,13 @@ def test_cli_quick_run(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "velocity R2" in text and "vjepa" in text
-    assert json.loads((out / "config.json").read_text())["context_frames"] == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["context_frames"] == 2 and config["init"] == "cca"
+    out = tmp_path / "random"
+    assert main(["moving-digits", "--quick", "--models", "vjepa", "--sigmas", "0",
+                 "--steps", "2", "--canvas", "20", "--digit-size", "8", "--threads", "1",
+                 "--init", "random", "--no-progress", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["init"] == "random"
     assert main(["moving-digits", "--quick", "--encoder", "vit", "--vit-patch", "3",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "patch" in capsys.readouterr().err

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-dim", type=int, default=None, help="latent size (default 32)")
     p.add_argument("--beta", type=float, default=None, help="VJEPA/BJEPA KL weight β")
     p.add_argument("--tau", type=parse_tau, default=None, help="EMA momentum τ or 'cosine'")
+    p.add_argument("--init", choices=["cca", "random"], default=None,
+                   help="encoder start of VJEPA, BJEPA and JEPA (default cca)")
     p.add_argument("--vae-beta", type=float, default=None, help="the β-VAE's β (default 4)")
     p.add_argument("--rssm-steps", type=int, default=None, help="optimiser steps of the RSSM")
     p.add_argument("--source", default=None,
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         "train_episodes": args.train_episodes, "test_episodes": args.test_episodes,
         "context_frames": args.context_frames, "encoder": args.encoder,
         "vit_patch": args.vit_patch, "vit_width": args.vit_width,
-        "latent_dim": args.latent_dim, "beta": args.beta, "tau": args.tau,
+        "latent_dim": args.latent_dim, "beta": args.beta, "tau": args.tau, "init": args.init,
         "vae_beta": args.vae_beta, "steps": args.steps, "rssm_steps": args.rssm_steps,
         "lr": args.lr, "batch_size": args.batch_size, "source": args.source,
         "threads": args.threads, "device": args.device, "progress": not args.no_progress,
