@@ -224,6 +224,49 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed]
 
 
+def test_default_planner_looks_20_steps_ahead_along_the_predictive_mean():
+    """The defaults measured in docs/control.md reach the planner, and the config's planning
+    settings are the planner's."""
+    from bjepa.experiments.control import _planner, build_model, make_env
+
+    cfg = ControlConfig()
+    assert (cfg.plan_horizon, cfg.sample, cfg.population, cfg.iterations) == (20, False, 300, 5)
+    env = make_env(cfg, 0, 0)
+    model = build_model("vjepa", env, ControlConfig.quick())
+    planner = _planner(model, env, cfg, explore=0.3, seed=1)
+    assert (planner.horizon, planner.sample, planner.population, planner.elites,
+            planner.iterations, planner.explore) == (20, False, 300, 30, 5, 0.3)
+    other = ControlConfig(plan_horizon=7, sample=True, population=40, elites=4, iterations=2)
+    planner = _planner(model, env, other, explore=0.0, seed=1)
+    assert (planner.horizon, planner.sample, planner.population, planner.elites,
+            planner.iterations) == (7, True, 40, 4, 2)
+    assert planner.plan(env.reset()).shape == (7, 1)
+
+
+def test_cli_planning_flags_reach_the_config(tmp_path, monkeypatch, capsys):
+    import bjepa.experiments.control as control
+
+    seen = []
+
+    def fake_run(cfg, folder, **_):
+        seen.append(cfg)
+        return []
+
+    monkeypatch.setattr(control, "run", fake_run)
+    assert main(["control", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    assert main(["control", "--sample-planning", "--plan-horizon", "9", "--out",
+                 str(tmp_path / "b"), "--no-progress"]) == 0
+    assert main(["control", "--mean-planning", "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
+    assert [(c.sample, c.plan_horizon) for c in seen] == [(False, 20), (True, 9), (False, 20)]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["control", "--mean-planning", "--sample-planning"])
+    assert exit_.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    assert main(["control", "--plan-horizon", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "plan_horizon must be" in capsys.readouterr().err
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="models"):
         ControlConfig(models=["dreamer"]).validate()

@@ -33,11 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=None, help="planned episodes per run")
     p.add_argument("--seed-episodes", type=int, default=None, help="random-action episodes first")
     p.add_argument("--action-repeat", type=int, default=None, help="control steps per action")
-    p.add_argument("--plan-horizon", type=int, default=None, help="CEM horizon (agent steps)")
-    p.add_argument("--population", type=int, default=None, help="CEM candidates per iteration")
-    p.add_argument("--iterations", type=int, default=None, help="CEM iterations per decision")
-    p.add_argument("--mean-planning", action="store_true",
-                   help="follow the predictive mean instead of sampling it")
+    p.add_argument("--plan-horizon", type=int, default=None,
+                   help="CEM horizon in agent steps (default 20)")
+    p.add_argument("--population", type=int, default=None,
+                   help="CEM candidates per iteration (default 300)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="CEM iterations per decision (default 5)")
+    planning = p.add_mutually_exclusive_group()
+    planning.add_argument("--mean-planning", action="store_true",
+                          help="imagine by following the predictive mean (the default)")
+    planning.add_argument("--sample-planning", action="store_true",
+                          help="imagine by sampling every next latent from the predictive "
+                               "distribution instead of following its mean")
     p.add_argument("--pixels", action="store_true",
                    help="observe rendered frames (CNN encoders; --distractor-dims is then the "
                         "noise patch's side in pixels; needs EGL or OSMesa)")
@@ -70,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         "plan_horizon": args.plan_horizon, "population": args.population,
         "iterations": args.iterations, "eval_every": args.eval_every,
         "train_steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
-        "sample": False if args.mean_planning else None,
+        "sample": False if args.mean_planning else True if args.sample_planning else None,
         "pixels": True if args.pixels else None, "size": args.size,
     }
     given = {k: v for k, v in overrides.items() if v is not None}
