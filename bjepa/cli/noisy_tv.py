@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="batched runs draw their own mini-batches, so each equals the same "
                         "run trained alone (about 30%% slower than the shared draw)")
     p.add_argument("--elbo", default=None, choices=["auto", "meanfield", "inductor"],
-                   help="how each step is computed: auto (default; TorchScript for long runs), "
+                   help="how each step is computed: auto (default; TorchInductor for runs of "
+                        "≥ 15 M row-steps, TorchScript for other long runs), "
                         "meanfield (eager) or inductor (the whole step compiled by "
                         "TorchInductor: fastest per step, needs a C++ compiler and seconds to "
                         "compile; models that cannot be compiled use auto)")
