@@ -37,7 +37,6 @@ __all__ = [
     "COMPILED_ELBOS",
     "ELBO_CHOICES",
     "INDUCTOR_MIN_WORK",
-    "INDUCTOR_MIN_WORK_NO_JIT",
     "JIT_MIN_STEPS",
     "FusedSVI",
     "HookedSVI",
@@ -72,10 +71,9 @@ COMPILED_ELBOS = ("inductor",)
 #: table's stacks, 90 replicas × 1000 steps × 256 rows; one thread): the first run on a
 #: machine costs a few per cent more than TorchScript, every later run saves 10-40 % of the
 #: stack's training time, so the floor sits where a compile pays back from the second run.
+#: The same floor holds for programs TorchScript cannot compile (the VAE), which would run
+#: eagerly instead.
 INDUCTOR_MIN_WORK = 15_000_000
-#: the same for programs TorchScript cannot compile (the VAE), which would run eagerly (kept
-#: separate: their eager alternative is slower, so their floor could be lower still)
-INDUCTOR_MIN_WORK_NO_JIT = 15_000_000
 ELBO_CHOICES = ("auto", *ELBOS, *COMPILED_ELBOS)
 
 
@@ -132,8 +130,8 @@ def resolve_elbo(elbo: str, model: Any, steps: int, *, rows_per_step: int | None
 
     ``"auto"`` is ``"inductor"`` for runs large enough to pay for compiling (on the CPU with a
     C++ compiler, in-memory data: ``rows_per_step`` given): ``rows_per_step × steps ×
-    replicas`` of at least :data:`INDUCTOR_MIN_WORK` (``INDUCTOR_MIN_WORK_NO_JIT`` for a
-    program TorchScript cannot compile, which would otherwise run eagerly); else
+    replicas`` of at least :data:`INDUCTOR_MIN_WORK` (for programs TorchScript cannot
+    compile as well, which would otherwise run eagerly); else
     ``"jit-meanfield"`` for traceable models and at least :data:`JIT_MIN_STEPS` steps; else
     ``"meanfield"``."""
     check_choice("elbo", elbo, ELBO_CHOICES)
@@ -142,10 +140,9 @@ def resolve_elbo(elbo: str, model: Any, steps: int, *, rows_per_step: int | None
     if elbo == "auto":
         if rows_per_step is not None and hints.compilable_by_inductor:
             work = rows_per_step * steps * hints.replicas
-            floor = INDUCTOR_MIN_WORK if jit_safe else INDUCTOR_MIN_WORK_NO_JIT
             params = list(model.parameters())
             on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
-            if work >= floor and on_cpu and _cpp_compiler():
+            if work >= INDUCTOR_MIN_WORK and on_cpu and _cpp_compiler():
                 return "inductor"
         return "jit-meanfield" if jit_safe and steps >= JIT_MIN_STEPS else "meanfield"
     if (elbo.startswith("jit-") and not jit_safe) or \
