@@ -114,11 +114,12 @@ class DigitsConfig:
         for name in ("steps", "rssm_steps", "latent_dim", "hidden_dim", "size", "train_frames",
                      "test_frames", "frames_per_class"):
             check_positive_int(name, getattr(self, name))
+        from bjepa.models.base import validated_init
         from bjepa.models.encoders import parse_encoder_spec
 
         parse_encoder_spec(self.encoder)
         if self.init is not None:
-            check_choice("init", self.init, ["random", "cca"])
+            validated_init(self.init)
         return self
 
 

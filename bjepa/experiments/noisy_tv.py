@@ -27,6 +27,7 @@ from bjepa.inference.fit import set_seed
 from bjepa.inference.svi import COMPILED_ELBOS, ELBO_CHOICES
 from bjepa.metrics import linear_probe_r2
 from bjepa.models import registry
+from bjepa.models.base import validated_init
 from bjepa.models.encoders import parse_encoder_spec
 from bjepa.runs import RunFolder
 
@@ -112,7 +113,7 @@ class NoisyTVConfig:
                 raise ValueError("hidden_dim sets the width of MLP networks, and "
                                  "encoder='linear' has none; use encoder='mlp' or drop hidden_dim")
         if self.init is not None:
-            check_choice("init", self.init, ["cca", "random"])
+            validated_init(self.init)
         if self.checkpoint_every is not None:
             check_positive_int("checkpoint_every", self.checkpoint_every)
         if self.replicas is not None:
