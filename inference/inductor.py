@@ -362,11 +362,9 @@ class InductorELBO(WrappedELBO):
             [p.detach().requires_grad_(p.requires_grad) for p in params] + \
             ([] if target is None else [p.detach() for p in target.parameters()]) + \
             tape.examples()
-        with forked_rng(args), _pyro_traceable(), warnings.catch_warnings():
+        with forked_rng(args), _pyro_traceable(), warnings.catch_warnings(), _static_tracing():
             warnings.simplefilter("ignore")
-            with _static_tracing():
-                traced = make_fx(step)(*inputs)
-            graph = _flatten_total_sums(_split_linear_layers(traced))
+            graph = _flatten_total_sums(_split_linear_layers(make_fx(step)(*inputs)))
         return graph, list(used), [t.detach() for t in inputs], tape
 
     @staticmethod
@@ -384,10 +382,9 @@ class InductorELBO(WrappedELBO):
             from torch._inductor import config as inductor_config
             from torch._inductor.compile_fx import compile_fx
         with inductor_config.patch(fallback_random=True), warnings.catch_warnings(), \
-                torch.no_grad():
+                torch.no_grad(), _static_tracing():
             warnings.simplefilter("ignore")
-            with _static_tracing():
-                compiled = compile_fx(graph, inputs)
+            compiled = compile_fx(graph, inputs)
         _COMPILED[key] = compiled
         while len(_COMPILED) > _COMPILED_MAX:
             _COMPILED.popitem(last=False)
