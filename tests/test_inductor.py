@@ -224,3 +224,39 @@ def test_auto_compiles_with_inductor_only_where_it_pays(monkeypatch):
     assert resolve_elbo("auto", bayes, 6000, rows_per_step=5999) == "meanfield"
     monkeypatch.setattr(svi, "_cpp_compiler", lambda: False)
     assert resolve_elbo("auto", vjepa, 6000, rows_per_step=5999) == "jit-meanfield"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_weight_gradients_are_rewritten_with_the_small_output_dimension_first(batched):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from bjepa.inference.inductor import _orient_weight_gradients
+
+    def layer(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = x @ w  # forward: many rows out, left alone
+        (g,) = torch.autograd.grad((y.tanh() ** 2).sum(), [w])  # the weight gradient: Xᵀ G
+        return y, g
+
+    lead = (3,) if batched else ()
+    x = torch.randn(*lead, 200, 20, dtype=torch.float64)
+    w = torch.randn(*lead, 20, 4, dtype=torch.float64, requires_grad=True)
+    gm = make_fx(layer)(x, w)
+    product = torch.ops.aten.bmm.default if batched else torch.ops.aten.mm.default
+
+    def outputs(graph: torch.fx.GraphModule) -> list[tuple[int, ...]]:  # () for a new node
+        return sorted(tuple(n.meta["val"].shape[-2:]) if "val" in n.meta else ()
+                      for n in graph.graph.nodes if n.target is product)
+
+    before = outputs(gm)
+    expected = layer(x, w)
+    rewritten = _orient_weight_gradients(gm)
+    # the (20, 4) gradient product is now a new (4, 20) one; the (200, 4) forward stays
+    assert (20, 4) in before and (200, 4) in before
+    assert outputs(rewritten) == [(), (200, 4)]
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    ShapeProp(rewritten).propagate(x, w.detach())
+    assert sorted(tuple(n.meta["tensor_meta"].shape[-2:]) for n in rewritten.graph.nodes
+                  if n.target is product) == [(4, 20), (200, 4)]
+    for a, b in zip(rewritten(x, w.detach()), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
