@@ -260,3 +260,26 @@ def test_weight_gradients_are_rewritten_with_the_small_output_dimension_first(ba
                   if n.target is product) == [(4, 20), (200, 4)]
     for a, b in zip(rewritten(x, w.detach()), expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_inductor_step_on_cuda_equals_eager_training_on_cuda():
+    """The compiled step on a GPU (Triton kernels): single model and a replica stack end where
+    eager training on the same device ends."""
+    x_c, x_t = (t.cuda() for t in _data())
+    runs = {}
+    for elbo in ("meanfield", "inductor"):
+        torch.manual_seed(3)
+        single = VJEPA(6, 3)
+        torch.manual_seed(4)
+        stack = [VJEPA(6, 3) for _ in range(3)]
+        h = fit(single, x_c, x_t, steps=25, lr=1e-2, seed=1, elbo=elbo, warmup_steps=5,
+                device="cuda", progress=False)
+        fit(stack, [x_c] * 3, [x_t] * 3, steps=25, lr=1e-2, seed=[1, 2, 3], elbo=elbo,
+            warmup_steps=5, device="cuda", progress=False)
+        runs[elbo] = (single, stack, h)
+    (a, sa, _), (b, sb, hb) = runs["meanfield"], runs["inductor"]
+    assert hb.elbo == "inductor" and next(b.parameters()).is_cuda
+    for x, y in [(a, b), *zip(sa, sb, strict=True)]:
+        for p, q in zip(x.parameters(), y.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
