@@ -10,10 +10,14 @@ held-out episodes.
 
 With ``--actions`` VJEPA and BJEPA are action-conditioned: their predictor also reads the
 one-hot actions the policy took between the context and the target (docs/atari.md#with-actions).
+With ``--encoder keypoints`` the encoders are one convolution read out by a spatial soft-argmax
+(bjepa.models.keypoints), which puts object positions — the player's paddle included — linearly
+into the latent.
 
     python examples/atari.py --quick
     python examples/atari.py --sigmas 0,0.5,1 --seeds 0-2 --num-steps 600
     python examples/atari.py --quick --actions --models vjepa
+    python examples/atari.py --actions --models vjepa --sigmas 0.1 --encoder keypoints
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     overrides = dict(models=args.models.split(",") if args.models else None,
                      sigmas=args.sigmas, seeds=args.seeds, steps=args.num_steps,
                      lr=args.learning_rate, distractor=args.distractor, device=args.device,
-                     cache_dir=args.cache_dir, actions=args.actions or None, progress=False)
+                     cache_dir=args.cache_dir, actions=args.actions or None,
+                     encoder_kind=args.encoder, progress=False)
     if args.actions and not args.models:
         overrides["models"] = ["vjepa", "bjepa"]  # the models with an action-conditioned variant
     cfg = AtariConfig.quick(**overrides) if args.quick else \
@@ -96,5 +101,7 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--actions", action="store_true",
                         help="action-conditioned VJEPA/BJEPA (default models: vjepa,bjepa)")
+    parser.add_argument("--encoder", choices=["conv", "keypoints"], default=None,
+                        help="conv (default): the DQN-style CNN; keypoints: spatial soft-argmax")
     parser.add_argument("--quick", action="store_true")
     main(parser.parse_args())

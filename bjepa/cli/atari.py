@@ -44,6 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-latents", type=int, default=None,
                    help="with --actions, start this many latent directions at the features the "
                    "actions control (a partial CCA; default 0)")
+    p.add_argument("--encoder", choices=["conv", "keypoints"], default=None,
+                   dest="encoder_kind",
+                   help="conv: the DQN-style CNN (default); keypoints: one convolution read out "
+                   "by a spatial soft-argmax, so object positions are linear in the latent "
+                   "(see docs/atari.md#with-actions)")
+    p.add_argument("--keypoint-channels", type=int, default=None,
+                   help="with --encoder keypoints, filters of the convolution (default 64)")
+    p.add_argument("--keypoint-temperature", type=float, default=None,
+                   help="with --encoder keypoints, softmax temperature in filter standard "
+                   "deviations (default 0.2)")
     p.add_argument("--frame-skip", type=int, default=None,
                    help="emulator frames per agent step (default 4)")
     p.add_argument("--restarts", type=int, default=None,
@@ -84,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         "tau": args.tau, "init": args.init, "steps": args.steps, "restarts": args.restarts,
         "actions": args.actions, "past_actions": args.past_actions,
         "action_latents": args.action_latents, "frame_skip": args.frame_skip,
+        "encoder_kind": args.encoder_kind, "keypoint_channels": args.keypoint_channels,
+        "keypoint_temperature": args.keypoint_temperature,
         "lr": args.lr, "batch_size": args.batch_size, "cache_dir": args.cache_dir,
         "threads": args.threads, "device": args.device,
         "progress": not args.no_progress,
@@ -101,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     n = len(cfg.models) * len(cfg.sigmas) * len(cfg.seeds)
     acts = f", actions a_t+{1 - cfg.past_actions}..a_t+{cfg.context_frames}" if cfg.actions \
         else ""
-    print(f"Atari ({cfg.game}, {cfg.distractor} distractor{acts}): {n} runs "
+    enc = f", {cfg.encoder} encoder" if cfg.encoder_kind != "conv" else ""
+    print(f"Atari ({cfg.game}, {cfg.distractor} distractor{acts}{enc}): {n} runs "
           f"({', '.join(cfg.models)} × σ {cfg.sigmas} × seeds {cfg.seeds}), {cfg.steps} "
           f"steps × {cfg.restarts} restart(s) each → {folder.path}")
     rows = run_experiment(cfg, folder)

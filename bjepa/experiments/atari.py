@@ -59,6 +59,7 @@ from bjepa.metrics import linear_probe_r2, r2_score
 from bjepa.models import registry
 from bjepa.models.action import ActionBJEPA, ActionVJEPA
 from bjepa.models.conv import conv_encoder_name, register_conv
+from bjepa.models.keypoints import keypoint_spec
 from bjepa.runs import RunFolder
 
 __all__ = [
@@ -95,6 +96,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ["vjepa", "bjepa", "jepa", "vae", "ar"]
 #: the models that have an action-conditioned variant (``AtariConfig.actions``)
 ACTION_MODELS = {"vjepa": ActionVJEPA, "bjepa": ActionBJEPA}
+#: encoder families an Atari run can use (``AtariConfig.encoder_kind``)
+ENCODER_KINDS = ["conv", "keypoints"]
 
 
 def available_models() -> list[str]:
@@ -121,7 +124,11 @@ class AtariConfig:
     action-conditioned (their predictor reads the one-hot actions ``a_{t+1-past_actions} ..
     a_{t+k}``; the other models have no such variant and are refused); ``action_latents`` of
     their ``latent_dim`` directions start at the features the actions control
-    (:func:`bjepa.models.action.controllable_directions`). ``threads`` sets
+    (:func:`bjepa.models.action.controllable_directions`). ``encoder_kind``: ``"conv"``, the
+    DQN-style CNN (``channels``, ``hidden_dim``), or ``"keypoints"``, one convolution of
+    ``keypoint_channels`` filters read out by a spatial soft-argmax at ``keypoint_temperature``
+    (:mod:`bjepa.models.keypoints`; ``channels`` and ``hidden_dim`` then do not apply to the
+    encoder, ``hidden_dim`` still sizes the predictor). ``threads`` sets
     ``torch.set_num_threads`` for the run (``None`` leaves it).
     """
 
@@ -144,6 +151,9 @@ class AtariConfig:
     latent_dim: int = 8
     hidden_dim: int = 128
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+    encoder_kind: str = "conv"
+    keypoint_channels: int = 64
+    keypoint_temperature: float = 0.2
     beta: float = 0.01
     tau: float | str = 0.99
     init: str = "cca"
@@ -218,6 +228,9 @@ class AtariConfig:
             raise ValueError(f"channels must list 3 conv widths, got {self.channels}")
         check_positive("lr", self.lr)
         check_choice("init", self.init, ["cca", "random"])
+        check_choice("encoder_kind", self.encoder_kind, ENCODER_KINDS)
+        check_positive_int("keypoint_channels", self.keypoint_channels)
+        check_positive("keypoint_temperature", self.keypoint_temperature)
         check_nonnegative("beta", self.beta)
         check_nonnegative("vae_beta", self.vae_beta)
         if self.threads is not None:
@@ -226,7 +239,12 @@ class AtariConfig:
 
     @property
     def encoder(self) -> str:
-        """The registered conv encoder name for this geometry (see :mod:`bjepa.models.conv`)."""
+        """The encoder spec: the registered conv encoder name for this geometry (see
+        :mod:`bjepa.models.conv`), or the keypoint encoder's spec (the geometry is read from
+        the stack width; ``frames`` pins ``k``)."""
+        if self.encoder_kind == "keypoints":
+            return keypoint_spec(self.keypoint_channels, self.keypoint_temperature,
+                                 frames=self.context_frames)
         return conv_encoder_name(self.context_frames, self.size, channels=self.channels)
 
     def data_kwargs(self, seed: int) -> dict[str, Any]:
@@ -418,7 +436,8 @@ def load_atari_model(path: str | Path, map_location: str | torch.device = "cpu")
     meta = load_checkpoint(path, map_location)["meta"]
     if meta.get("data") != "atari":
         raise ValueError(f"{path} is not an Atari checkpoint (meta data={meta.get('data')!r})")
-    if meta["encoder"] != "conv":
+    # "keypoints:..." specs need no registration (importing this module registers the family)
+    if meta["encoder"] != "conv" and not meta["encoder"].startswith("keypoints"):
         register_conv(meta["context_frames"], meta["size"], channels=meta["channels"],
                       name=meta["encoder"])
     return load_model(path, map_location)
